@@ -1,0 +1,159 @@
+//! Building the gateway: the bus (Redis, or in-process with an embedded worker) and the HTTP server.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use c2s_shared::bus::{Bus, MemoryBus};
+use c2s_worker::engine::sqlite::{default_demo_path, remove_demo};
+use c2s_worker::{SqliteEngine, Worker};
+use tokio::sync::oneshot;
+
+use crate::config::Cli;
+use crate::state::AppState;
+use crate::{http, ws};
+
+/// The bus and, in embedded mode, the in-process worker behind it.
+pub struct Backend {
+    pub bus: Arc<dyn Bus>,
+    pub embedded: bool,
+    stop_worker: Option<oneshot::Sender<()>>,
+    /// A demo database this process created and removes at exit.
+    demo_db: Option<PathBuf>,
+}
+
+impl Backend {
+    /// Must run inside the tokio runtime that will drive the bus.
+    pub async fn start(cli: &Cli) -> anyhow::Result<Backend> {
+        if !cli.is_embedded() {
+            let bus = cli
+                .bus
+                .connect_redis()
+                .await
+                .context("connecting to Redis")?;
+            return Ok(Backend {
+                bus,
+                embedded: false,
+                stop_worker: None,
+                demo_db: None,
+            });
+        }
+        tracing::warn!(
+            "EMBEDDED DEMO MODE: in-process bus and worker on a SQLite demo database, no Redis, no authentication. \
+             Not for production: set --redis-url to run as a cluster node."
+        );
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(cli.bus.settings()));
+        let (path, owned) = match &cli.sqlite_path {
+            Some(p) => (p.clone(), false),
+            None => (default_demo_path(), true),
+        };
+        if owned {
+            remove_demo(&path);
+        }
+        let engine = SqliteEngine::open(
+            &path,
+            cli.worker.concurrency as u32,
+            cli.worker.limits.clone(),
+        )
+        .await
+        .with_context(|| format!("opening the SQLite database {}", path.display()))?;
+        let worker = Worker::new(bus.clone(), Arc::new(engine), cli.worker.clone());
+        worker.listen_for_cancels().await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        Ok(Backend {
+            bus,
+            embedded: true,
+            stop_worker: Some(stop),
+            demo_db: owned.then_some(path),
+        })
+    }
+
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop_worker.take() {
+            let _ = stop.send(());
+        }
+        if let Some(path) = self.demo_db.take() {
+            remove_demo(&path);
+        }
+    }
+}
+
+/// The HTTP server, bound (port 0 picks a free port) but not yet running.
+pub struct Application {
+    server: Server,
+    addr: SocketAddr,
+}
+
+impl Application {
+    /// Must run inside an actix system.
+    pub fn build(cli: &Cli, backend: &Backend) -> anyhow::Result<Application> {
+        let listener =
+            TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
+        let addr = listener.local_addr()?;
+        let node_id = cli
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let state = Arc::new(AppState {
+            node_id,
+            bus: backend.bus.clone(),
+            ws: cli.ws.clone(),
+            embedded: backend.embedded,
+            started: Instant::now(),
+        });
+        let data = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .service(http::healthz)
+                .service(http::readyz)
+                .service(http::schema)
+                .service(http::index)
+                .service(ws::query)
+                .service(ws::data)
+        })
+        .shutdown_timeout(cli.ws.shutdown_grace_secs)
+        .listen(listener)?
+        .run();
+        Ok(Application { server, addr })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until the process is told to stop (SIGINT/SIGTERM), then lets connections finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// Runs the gateway described by `cli` until it is stopped.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The bus and the embedded worker get a multi-threaded runtime of their own; actix runs its
+    // per-thread workers beside it.
+    let bus_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("c2s-bus")
+        .enable_all()
+        .build()?;
+    let backend = bus_runtime.block_on(Backend::start(&cli))?;
+    let served = actix_web::rt::System::new().block_on(async {
+        let app = Application::build(&cli, &backend)?;
+        // The one line on stdout: tools and tests wait for it to learn the port.
+        println!("LISTENING {}", app.addr());
+        tracing::info!(addr = %app.addr(), embedded = backend.embedded, "gateway listening");
+        app.run_until_stopped().await?;
+        anyhow::Ok(())
+    });
+    backend.shutdown();
+    bus_runtime.shutdown_timeout(Duration::from_secs(2));
+    served
+}

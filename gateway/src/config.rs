@@ -1,0 +1,101 @@
+//! Gateway settings: every one a flag and a `C2S_*` variable with a documented default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use c2s_shared::config::{BusArgs, LogArgs};
+use c2s_worker::WorkerArgs;
+
+/// Chat2SQL Realtime gateway: terminates client WebSockets and relays through Redis
+/// (or, with no Redis URL, runs everything in one process against a SQLite demo database).
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "gateway", version, about)]
+pub struct Cli {
+    /// Address to listen on (port 0: any free port; the chosen address is printed as `LISTENING <addr>`).
+    #[arg(long, env = "C2S_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Name of this node in logs and node status (default: `gw-<random>`).
+    #[arg(long, env = "C2S_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Embedded mode: in-process bus and worker on a SQLite demo database. The default when no Redis URL is set.
+    #[arg(long, env = "C2S_EMBEDDED")]
+    pub embedded: bool,
+
+    /// Embedded mode: SQLite database file (created with demo data if missing). Default: a fresh demo
+    /// database in the system temp directory, removed at exit.
+    #[arg(long, env = "C2S_SQLITE_PATH")]
+    pub sqlite_path: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub ws: WsArgs,
+
+    #[command(flatten)]
+    pub bus: BusArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(flatten, next_help_heading = "Embedded worker (only with --embedded)")]
+    pub worker: WorkerArgs,
+}
+
+impl Cli {
+    pub fn is_embedded(&self) -> bool {
+        self.embedded || self.bus.redis_url.is_none()
+    }
+}
+
+/// Per-connection limits and timers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WsArgs {
+    /// Largest client frame in bytes; a larger one closes the connection with 1009.
+    #[arg(long, env = "C2S_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Interval (ms) of server WebSocket pings.
+    #[arg(long, env = "C2S_HEARTBEAT_INTERVAL_MS", default_value_t = 10_000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// A client silent (no frame, no pong) for longer than this (ms) is closed.
+    #[arg(long, env = "C2S_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_timeout_ms: u64,
+
+    /// Frames queued for one client before its event streams wait (they catch up from the durable log).
+    #[arg(long, env = "C2S_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+
+    /// Executions one connection may follow at once.
+    #[arg(long, env = "C2S_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
+    pub max_streams_per_connection: usize,
+
+    /// Longest query text in bytes.
+    #[arg(long, env = "C2S_MAX_QUERY_BYTES", default_value_t = 32 * 1024)]
+    pub max_query_bytes: usize,
+
+    /// A followed execution with no live event for this long (ms) is re-read from its log (safety net
+    /// for live messages lost while Redis pub/sub reconnected).
+    #[arg(long, env = "C2S_RESYNC_INTERVAL_MS", default_value_t = 2_000)]
+    pub resync_interval_ms: u64,
+
+    /// Events read from an execution's log per round trip when replaying.
+    #[arg(long, env = "C2S_REPLAY_BATCH", default_value_t = 256)]
+    pub replay_batch: usize,
+
+    /// Seconds the server waits for connections to finish at shutdown.
+    #[arg(long, env = "C2S_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl WsArgs {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms.max(10))
+    }
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_timeout_ms.max(10))
+    }
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_millis(self.resync_interval_ms.max(10))
+    }
+}

@@ -1,0 +1,16 @@
+//! `gateway`: the WebSocket server. See the README for the protocol and the configuration.
+
+mod app;
+mod config;
+mod http;
+mod state;
+mod ws;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = config::Cli::parse();
+    c2s_shared::telemetry::init(&cli.log);
+    tracing::info!(config = ?cli, "starting gateway");
+    app::run(cli)
+}

@@ -1,0 +1,127 @@
+//! Following one execution for one client: replay its logged events after `afterSeq`, then relay the
+//! live ones, each exactly once and in `seq` order, until the terminal event.
+//!
+//! The live subscription is taken *before* the log is read, so nothing published in between is missed;
+//! events already sent are skipped by `seq`. A gap in the live feed (a lagging local broadcast, a pub/sub
+//! reconnect) is filled from the log, and a quiet feed is re-checked against the log every
+//! `resync_interval` so a lost live message can only delay an event, never drop it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription};
+use c2s_shared::codes::ErrorCode;
+use c2s_shared::protocol::{ServerFrame, ServerMessage};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+pub struct Forward {
+    pub bus: Arc<dyn Bus>,
+    pub execution_id: String,
+    pub subscription: Subscription,
+    pub after_seq: u64,
+    pub out: mpsc::Sender<ByteString>,
+    pub resync_interval: Duration,
+    pub replay_batch: usize,
+}
+
+enum Flow {
+    Continue,
+    /// The terminal event was sent, or the client is gone.
+    Done,
+}
+
+impl Forward {
+    pub async fn run(mut self) {
+        if let Err(e) = self.relay().await {
+            tracing::warn!(execution_id = %self.execution_id, error = %e, "event stream interrupted");
+            let frame = ServerFrame::new(ServerMessage::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "the event stream of execution {} was interrupted ({e}); resume with afterSeq {}",
+                    self.execution_id, self.after_seq
+                ),
+                None,
+            ));
+            let _ = self.out.send(ByteString::from(frame.to_text())).await;
+        }
+    }
+
+    async fn relay(&mut self) -> Result<(), BusError> {
+        if let Flow::Done = self.catch_up().await? {
+            return Ok(());
+        }
+        loop {
+            let received =
+                tokio::time::timeout(self.resync_interval, self.subscription.receiver.recv()).await;
+            let flow = match received {
+                // Quiet for a while: make sure nothing was lost.
+                Err(_) => self.catch_up().await?,
+                Ok(Ok(bytes)) => {
+                    let event = BusEvent::decode(&bytes)?;
+                    if event.seq <= self.after_seq {
+                        Flow::Continue
+                    } else if event.seq == self.after_seq + 1 {
+                        self.send(event).await
+                    } else {
+                        self.catch_up().await?
+                    }
+                }
+                Ok(Err(RecvError::Lagged(_))) => self.catch_up().await?,
+                Ok(Err(RecvError::Closed)) => return Err(BusError::Closed),
+            };
+            if let Flow::Done = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends every logged event after `after_seq`.
+    async fn catch_up(&mut self) -> Result<Flow, BusError> {
+        loop {
+            let events = self
+                .bus
+                .read_events(&self.execution_id, self.after_seq, self.replay_batch)
+                .await?;
+            if events.is_empty() {
+                return Ok(Flow::Continue);
+            }
+            let full_batch = events.len() >= self.replay_batch;
+            for event in events {
+                if event.seq > self.after_seq + 1 {
+                    // Trimmed from the log (older than the cap or the TTL): say so, then go on.
+                    self.notify_gap(event.seq).await;
+                }
+                if let Flow::Done = self.send(event).await {
+                    return Ok(Flow::Done);
+                }
+            }
+            if !full_batch {
+                return Ok(Flow::Continue);
+            }
+        }
+    }
+
+    async fn send(&mut self, event: BusEvent) -> Flow {
+        self.after_seq = event.seq;
+        if self.out.send(event.frame).await.is_err() || event.terminal {
+            return Flow::Done;
+        }
+        Flow::Continue
+    }
+
+    async fn notify_gap(&mut self, next: u64) {
+        let frame = ServerFrame::new(ServerMessage::error(
+            ErrorCode::NotFound,
+            format!(
+                "events {}..{} of execution {} are no longer retained; continuing at {next}",
+                self.after_seq + 1,
+                next - 1,
+                self.execution_id
+            ),
+            None,
+        ));
+        let _ = self.out.send(ByteString::from(frame.to_text())).await;
+    }
+}

@@ -1,0 +1,385 @@
+//! One task per socket: a `select!` over the client's frames, the events queued for it, and the
+//! heartbeat tick, until the client leaves, goes silent, or breaks a limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, MessageStream, ProtocolError};
+use bytestring::ByteString;
+use c2s_shared::bus::{BusEvent, CancelOutcome, Job};
+use c2s_shared::codes::{close, ErrorCode};
+use c2s_shared::now_ms;
+use c2s_shared::protocol::{
+    decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, Pong, QueryCancelled,
+    ServerFrame, ServerMessage, StreamFrom,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::forward::Forward;
+use super::Endpoint;
+use crate::state::AppState;
+
+/// The user behind an unauthenticated connection (authentication comes with JWT support).
+const ANONYMOUS: &str = "anonymous";
+
+/// A refusal to send back as an `error` frame; the connection stays open.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+struct Session {
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    user: String,
+    ws: actix_ws::Session,
+    out: mpsc::Sender<ByteString>,
+    /// Executions this socket follows, by id.
+    streams: HashMap<String, JoinHandle<()>>,
+}
+
+pub async fn run(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    ws: actix_ws::Session,
+    stream: MessageStream,
+) {
+    let limits = state.ws.clone();
+    let mut frames = stream
+        .max_frame_size(limits.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_frame_bytes);
+    let (out, mut outbound) = mpsc::channel::<ByteString>(limits.outbound_queue.max(1));
+    let mut session = Session {
+        state,
+        endpoint,
+        user: ANONYMOUS.to_owned(),
+        ws,
+        out,
+        streams: HashMap::new(),
+    };
+    let mut heartbeat = tokio::time::interval(limits.heartbeat_interval());
+    let mut last_heard = Instant::now();
+    tracing::debug!(endpoint = endpoint.path(), "socket opened");
+
+    let reason: Option<CloseReason> = loop {
+        tokio::select! {
+            // A frame from the client.
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break None };
+                last_heard = Instant::now();
+                match frame {
+                    Ok(AggregatedMessage::Text(text)) => {
+                        if session.handle_text(&text).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(AggregatedMessage::Binary(_)) => {
+                        let e = refuse(ErrorCode::BadRequest, "binary frames are not supported: send JSON text frames");
+                        if session.send_error(e, None).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(AggregatedMessage::Ping(bytes)) => {
+                        if session.ws.pong(&bytes).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(AggregatedMessage::Pong(_)) => {}
+                    Ok(AggregatedMessage::Close(reason)) => break reason,
+                    Err(ProtocolError::Overflow) => break Some(close_reason(close::TOO_BIG)),
+                    // actix-ws reports an over-long continuation as an I/O error.
+                    Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
+                        break Some(close_reason(close::TOO_BIG))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "protocol error");
+                        break Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) });
+                    }
+                }
+            }
+            // An event for this client from one of its streams.
+            Some(text) = outbound.recv() => {
+                if session.ws.text(text).await.is_err() {
+                    break None;
+                }
+            }
+            // Heartbeat: ping the client, close it if it has been silent too long.
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > limits.client_timeout() {
+                    break Some(CloseReason { code: CloseCode::Away, description: Some("idle timeout".into()) });
+                }
+                if session.ws.ping(b"").await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+
+    for (_, task) in session.streams.drain() {
+        task.abort();
+    }
+    tracing::debug!(endpoint = endpoint.path(), ?reason, "socket closed");
+    let _ = session.ws.close(reason).await;
+}
+
+fn close_reason(code: u16) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: Some(close::reason(code).into()),
+    }
+}
+
+impl Session {
+    async fn send(&mut self, message: ServerMessage) -> Result<(), actix_ws::Closed> {
+        self.ws.text(ServerFrame::new(message).to_text()).await
+    }
+
+    async fn send_error(
+        &mut self,
+        refusal: Refusal,
+        reference: Option<String>,
+    ) -> Result<(), actix_ws::Closed> {
+        self.send(ServerMessage::error(
+            refusal.code,
+            refusal.message,
+            reference,
+        ))
+        .await
+    }
+
+    /// Handles one text frame; `Err` only when the socket is gone.
+    async fn handle_text(&mut self, text: &str) -> Result<(), actix_ws::Closed> {
+        let frame = match decode_client_frame(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                return self
+                    .send_error(refuse(e.code, e.message), e.reference)
+                    .await
+            }
+        };
+        let reference = frame.id.clone();
+        match self.dispatch(frame).await {
+            Ok(Some(reply)) => self.send(reply).await,
+            Ok(None) => Ok(()),
+            Err(refusal) => self.send_error(refusal, reference).await,
+        }
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame) -> Result<Option<ServerMessage>, Refusal> {
+        let ClientFrame {
+            message,
+            id,
+            traceparent,
+        } = frame;
+        match (self.endpoint, message) {
+            (_, ClientMessage::Ping(ping)) => Ok(Some(ServerMessage::Pong(Pong {
+                timestamp: ping.timestamp,
+                server_time: now_ms(),
+            }))),
+            (Endpoint::Query, ClientMessage::ExecuteQuery(request)) => {
+                self.execute(request, id, traceparent).await.map(Some)
+            }
+            (Endpoint::Query, ClientMessage::CancelQuery(target)) => {
+                self.cancel(&target.execution_id).await?;
+                Ok(id.map(|id| ack(Some(id), Some(target.execution_id))))
+            }
+            (_, ClientMessage::Resume(from) | ClientMessage::Subscribe(from)) => {
+                let execution_id = from.execution_id.clone();
+                self.follow_existing(from).await?;
+                Ok(id.map(|id| ack(Some(id), Some(execution_id))))
+            }
+            (Endpoint::Data, ClientMessage::ExecuteQuery(_) | ClientMessage::CancelQuery(_)) => {
+                Err(refuse(
+                    ErrorCode::UnknownType,
+                    "execute_query and cancel_query belong on /ws/query; /ws/data takes subscribe, resume and ping",
+                ))
+            }
+        }
+    }
+
+    /// `execute_query`: claim the client id, follow the new execution, enqueue the job, acknowledge.
+    async fn execute(
+        &mut self,
+        request: ExecuteQuery,
+        client_id: Option<String>,
+        traceparent: Option<String>,
+    ) -> Result<ServerMessage, Refusal> {
+        let limit = self.state.ws.max_query_bytes;
+        if request.query.trim().is_empty() {
+            return Err(refuse(ErrorCode::BadRequest, "`query` is empty"));
+        }
+        if request.query.len() > limit {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!(
+                    "`query` is {} bytes; the limit is {limit}",
+                    request.query.len()
+                ),
+            ));
+        }
+        self.check_stream_capacity()?;
+        let bus = self.state.bus.clone();
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        if let Some(client_id) = &client_id {
+            let claimed = bus
+                .claim_idempotency(&self.user, client_id, &execution_id)
+                .await
+                .map_err(unavailable)?;
+            if let Some(existing) = claimed {
+                // Seen before: acknowledged again, not run again. The client resumes `existing` if it needs to.
+                return Ok(ServerMessage::Ack(Ack {
+                    id: Some(client_id.clone()),
+                    execution_id: Some(existing),
+                    duplicate: true,
+                }));
+            }
+        }
+        let job = Job {
+            execution_id: execution_id.clone(),
+            owner: self.user.clone(),
+            query: request.query,
+            options: request.options.unwrap_or_default(),
+            traceparent,
+            enqueued_at_ms: now_ms(),
+        };
+        // Subscribe before enqueueing: the first event cannot slip past.
+        let followed = self.follow(&execution_id, 0).await;
+        let enqueued = match followed {
+            Ok(()) => bus.enqueue(&job).await.map_err(unavailable),
+            Err(e) => Err(e),
+        };
+        if let Err(refusal) = enqueued {
+            if let Some(task) = self.streams.remove(&execution_id) {
+                task.abort();
+            }
+            if let Some(client_id) = &client_id {
+                let _ = bus.release_idempotency(&self.user, client_id).await;
+            }
+            return Err(refusal);
+        }
+        Ok(ack(client_id, Some(execution_id)))
+    }
+
+    async fn cancel(&mut self, execution_id: &str) -> Result<(), Refusal> {
+        let bus = self.state.bus.clone();
+        let info = bus
+            .execution_info(execution_id)
+            .await
+            .map_err(unavailable)?;
+        if info.is_none() {
+            return Err(not_found(execution_id));
+        }
+        match bus.cancel(execution_id).await.map_err(unavailable)? {
+            CancelOutcome::WasQueued => {
+                // No worker will ever write this stream: the gateway writes its one and last event.
+                let frame = ServerFrame {
+                    message: ServerMessage::QueryCancelled(QueryCancelled {
+                        execution_id: execution_id.to_owned(),
+                        timestamp: now_ms(),
+                    }),
+                    seq: Some(1),
+                    traceparent: None,
+                };
+                let event = BusEvent {
+                    seq: 1,
+                    terminal: true,
+                    frame: ByteString::from(frame.to_text()),
+                };
+                bus.publish_event(execution_id, &event)
+                    .await
+                    .map_err(unavailable)
+            }
+            CancelOutcome::Running => Ok(()),
+            CancelOutcome::Finished => Err(refuse(
+                ErrorCode::Conflict,
+                format!("execution {execution_id} has already finished"),
+            )),
+            CancelOutcome::NotFound => Err(not_found(execution_id)),
+        }
+    }
+
+    /// `resume` / `subscribe`: follow an existing execution from `afterSeq`.
+    async fn follow_existing(&mut self, from: StreamFrom) -> Result<(), Refusal> {
+        let info = self
+            .state
+            .bus
+            .execution_info(&from.execution_id)
+            .await
+            .map_err(unavailable)?;
+        if info.is_none() {
+            return Err(not_found(&from.execution_id));
+        }
+        if let Some(previous) = self.streams.remove(&from.execution_id) {
+            // A resume replaces what this socket was following of that execution.
+            previous.abort();
+        }
+        self.check_stream_capacity()?;
+        self.follow(&from.execution_id, from.after_seq.unwrap_or(0))
+            .await
+    }
+
+    fn check_stream_capacity(&mut self) -> Result<(), Refusal> {
+        self.streams.retain(|_, task| !task.is_finished());
+        let limit = self.state.ws.max_streams_per_connection;
+        if self.streams.len() >= limit {
+            return Err(refuse(
+                ErrorCode::RateLimited,
+                format!(
+                    "this connection already follows {limit} executions; wait for one to finish"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Subscribes to the execution's live events (before returning) and starts relaying them.
+    async fn follow(&mut self, execution_id: &str, after_seq: u64) -> Result<(), Refusal> {
+        let bus = self.state.bus.clone();
+        let subscription = bus.subscribe(execution_id).await.map_err(unavailable)?;
+        let forward = Forward {
+            bus,
+            execution_id: execution_id.to_owned(),
+            subscription,
+            after_seq,
+            out: self.out.clone(),
+            resync_interval: self.state.ws.resync_interval(),
+            replay_batch: self.state.ws.replay_batch.max(1),
+        };
+        let task = actix_web::rt::spawn(forward.run());
+        self.streams.insert(execution_id.to_owned(), task);
+        Ok(())
+    }
+}
+
+fn ack(id: Option<String>, execution_id: Option<String>) -> ServerMessage {
+    ServerMessage::Ack(Ack {
+        id,
+        execution_id,
+        duplicate: false,
+    })
+}
+
+fn not_found(execution_id: &str) -> Refusal {
+    refuse(
+        ErrorCode::NotFound,
+        format!("no execution {execution_id} (never existed, or its events expired)"),
+    )
+}
+
+fn unavailable(e: c2s_shared::bus::BusError) -> Refusal {
+    tracing::warn!(error = %e, "bus unavailable");
+    refuse(
+        ErrorCode::Unavailable,
+        "the message bus is unavailable; retry shortly",
+    )
+}

@@ -1,0 +1,193 @@
+//! One subscription per channel per node, fanned out to every local subscriber.
+//!
+//! Subscribers get a [`Subscription`] (a broadcast receiver); the first subscriber of a channel makes the
+//! node subscribe upstream (Redis `SUBSCRIBE`), the last one to drop makes it unsubscribe. Upstream
+//! (un)subscriptions are done one at a time by a control task, so a drop and a re-subscribe of the same
+//! channel can never cross. A subscriber that falls more than `capacity` messages behind sees
+//! `RecvError::Lagged` and is expected to re-read the durable stream (no unbounded buffering here).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::BusError;
+
+/// The upstream side of the hub: Redis pub/sub, or nothing for the in-process bus.
+#[async_trait::async_trait]
+pub trait Upstream: Send + 'static {
+    async fn subscribe(&mut self, channel: &str) -> Result<(), BusError>;
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), BusError>;
+}
+
+/// No upstream: publishers call [`Hub::deliver`] directly.
+pub struct Local;
+
+#[async_trait::async_trait]
+impl Upstream for Local {
+    async fn subscribe(&mut self, _channel: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+    async fn unsubscribe(&mut self, _channel: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+struct Entry {
+    sender: broadcast::Sender<Bytes>,
+    subscribers: usize,
+}
+
+enum Control {
+    Subscribe(
+        String,
+        oneshot::Sender<Result<broadcast::Receiver<Bytes>, BusError>>,
+    ),
+    Release(String),
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    channels: Arc<Mutex<HashMap<String, Entry>>>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// A live feed of one channel. Dropping it releases the node's upstream subscription when it was the last.
+pub struct Subscription {
+    channel: String,
+    pub receiver: broadcast::Receiver<Bytes>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self
+            .control
+            .send(Control::Release(std::mem::take(&mut self.channel)));
+    }
+}
+
+impl Hub {
+    pub fn new(upstream: impl Upstream, capacity: usize) -> Hub {
+        let channels: Arc<Mutex<HashMap<String, Entry>>> = Arc::default();
+        let (control, rx) = mpsc::unbounded_channel();
+        tokio::spawn(control_loop(
+            upstream,
+            rx,
+            channels.clone(),
+            capacity.max(16),
+        ));
+        Hub { channels, control }
+    }
+
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe(channel.to_owned(), tx))
+            .map_err(|_| BusError::Closed)?;
+        let receiver = rx.await.map_err(|_| BusError::Closed)??;
+        Ok(Subscription {
+            channel: channel.to_owned(),
+            receiver,
+            control: self.control.clone(),
+        })
+    }
+
+    /// Hands a message that arrived on `channel` to its local subscribers (none: dropped).
+    pub fn deliver(&self, channel: &str, payload: Bytes) {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = channels.get(channel) {
+            let _ = entry.sender.send(payload);
+        }
+    }
+
+    /// Channels this node is subscribed to (to re-subscribe after an upstream reconnect).
+    pub fn channels(&self) -> Vec<String> {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.keys().cloned().collect()
+    }
+}
+
+async fn control_loop(
+    mut upstream: impl Upstream,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+    channels: Arc<Mutex<HashMap<String, Entry>>>,
+    capacity: usize,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Control::Subscribe(channel, reply) => {
+                let existing = {
+                    let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
+                    map.get_mut(&channel).map(|e| {
+                        e.subscribers += 1;
+                        e.sender.subscribe()
+                    })
+                };
+                let result = match existing {
+                    Some(rx) => Ok(rx),
+                    None => match upstream.subscribe(&channel).await {
+                        Ok(()) => {
+                            let (sender, rx) = broadcast::channel(capacity);
+                            let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
+                            map.insert(
+                                channel,
+                                Entry {
+                                    sender,
+                                    subscribers: 1,
+                                },
+                            );
+                            Ok(rx)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                let _ = reply.send(result);
+            }
+            Control::Release(channel) => {
+                let last = {
+                    let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
+                    match map.get_mut(&channel) {
+                        Some(e) if e.subscribers > 1 => {
+                            e.subscribers -= 1;
+                            false
+                        }
+                        Some(_) => {
+                            map.remove(&channel);
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if last {
+                    if let Err(e) = upstream.unsubscribe(&channel).await {
+                        tracing::warn!(%channel, error = %e, "unsubscribe failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fans_out_and_releases() {
+        let hub = Hub::new(Local, 16);
+        let mut a = hub.subscribe("c").await.unwrap();
+        let mut b = hub.subscribe("c").await.unwrap();
+        hub.deliver("c", Bytes::from_static(b"hi"));
+        assert_eq!(a.receiver.recv().await.unwrap(), "hi");
+        assert_eq!(b.receiver.recv().await.unwrap(), "hi");
+        drop(a);
+        drop(b);
+        // Releases are processed in order by the control task: a later subscribe still works.
+        let mut c = hub.subscribe("c").await.unwrap();
+        assert_eq!(hub.channels(), vec!["c".to_string()]);
+        hub.deliver("c", Bytes::from_static(b"again"));
+        assert_eq!(c.receiver.recv().await.unwrap(), "again");
+    }
+}

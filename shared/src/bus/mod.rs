@@ -1,0 +1,207 @@
+//! The message bus between gateways and workers, behind one trait with two implementations:
+//! - [`RedisBus`]: Redis Streams for what must not be lost (jobs, per-execution event logs), pub/sub for
+//!   live fan-out, Lua scripts for the execution state machine. Used by every networked deployment.
+//! - [`MemoryBus`]: the same semantics in one process, for the embedded default (`gateway --embedded`).
+//!
+//! Both feed live events through the same [`hub::Hub`], which keeps one subscription per channel per node
+//! and fans out to every local subscriber.
+
+pub mod hub;
+mod memory;
+mod redis_bus;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::QueryOptions;
+
+pub use hub::Subscription;
+pub use memory::MemoryBus;
+pub use redis_bus::RedisBus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("malformed bus data: {0}")]
+    Malformed(String),
+    #[error("bus closed")]
+    Closed,
+}
+
+/// A query job, as enqueued by a gateway and taken by a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub execution_id: String,
+    /// The user that asked (authorization of `resume`/`subscribe`, per-user limits).
+    pub owner: String,
+    pub query: String,
+    #[serde(default)]
+    pub options: QueryOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub enqueued_at_ms: i64,
+}
+
+/// A job handed to one worker; acknowledged with [`Bus::ack_job`] once its terminal event is published.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Redis stream entry id (or a local counter in the memory bus).
+    pub delivery_id: String,
+    pub job: Job,
+}
+
+/// One event of an execution: its `seq`, whether it ends the stream, and the encoded frame (shared bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusEvent {
+    pub seq: u64,
+    pub terminal: bool,
+    pub frame: ByteString,
+}
+
+impl BusEvent {
+    /// Live pub/sub encoding: `"<seq> <0|1> <frame>"` (the frame is JSON and is never parsed on the way).
+    pub fn encode(&self) -> String {
+        format!("{} {} {}", self.seq, u8::from(self.terminal), self.frame)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<BusEvent, BusError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| BusError::Malformed(e.to_string()))?;
+        let mut parts = text.splitn(3, ' ');
+        let bad = || BusError::Malformed(format!("bad event header: {:.40}", text));
+        let seq = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let terminal = match parts.next() {
+            Some("1") => true,
+            Some("0") => false,
+            _ => return Err(bad()),
+        };
+        let frame = parts.next().ok_or_else(bad)?;
+        Ok(BusEvent {
+            seq,
+            terminal,
+            frame: ByteString::from(frame),
+        })
+    }
+}
+
+/// What `cancel` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was still queued: it is now cancelled and will never run. The caller publishes `query_cancelled`.
+    WasQueued,
+    /// It is running: its worker was told to stop the SQL and will publish `query_cancelled`.
+    Running,
+    /// It had already ended.
+    Finished,
+    /// No such execution (never existed, or expired).
+    NotFound,
+}
+
+/// The lifecycle state of an execution, as kept on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionInfo {
+    pub owner: String,
+    pub state: String,
+}
+
+/// Tunables of the bus, with their documented defaults (see `config::BusArgs`).
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    pub key_prefix: String,
+    /// Cap (approximate) of each execution's event stream.
+    pub event_stream_max_len: usize,
+    /// How long an execution's events and state are kept after its last event.
+    pub event_ttl: Duration,
+    /// How long a client message id is remembered (PROTOCOL.md: 10 minutes).
+    pub idempotency_ttl: Duration,
+    /// Capacity of each channel's local broadcast; a subscriber further behind re-reads the stream.
+    pub fanout_capacity: usize,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            key_prefix: "c2s".into(),
+            event_stream_max_len: 100_000,
+            event_ttl: Duration::from_secs(3600),
+            idempotency_ttl: Duration::from_secs(600),
+            fanout_capacity: 1024,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Liveness of the bus (readiness probes).
+    async fn ping(&self) -> Result<(), BusError>;
+
+    // ---- gateway side -----------------------------------------------------------------------------------
+
+    /// Records the execution as `queued` and appends the job to the durable job queue.
+    async fn enqueue(&self, job: &Job) -> Result<(), BusError>;
+
+    /// Remembers `client_id` of `user` as having created `execution_id`, unless it was seen before:
+    /// then returns the execution it created then.
+    async fn claim_idempotency(
+        &self,
+        user: &str,
+        client_id: &str,
+        execution_id: &str,
+    ) -> Result<Option<String>, BusError>;
+
+    /// Forgets a claim whose message could not be accepted, so that the client's retry runs.
+    async fn release_idempotency(&self, user: &str, client_id: &str) -> Result<(), BusError>;
+
+    async fn execution_info(&self, execution_id: &str) -> Result<Option<ExecutionInfo>, BusError>;
+
+    async fn cancel(&self, execution_id: &str) -> Result<CancelOutcome, BusError>;
+
+    /// Events with `seq > after_seq`, oldest first, at most `limit`.
+    async fn read_events(
+        &self,
+        execution_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<BusEvent>, BusError>;
+
+    /// Live events of an execution, from the moment this returns.
+    async fn subscribe(&self, execution_id: &str) -> Result<Subscription, BusError>;
+
+    // ---- worker side ------------------------------------------------------------------------------------
+
+    /// Waits up to `block` for a job for consumer `consumer`.
+    async fn next_job(&self, consumer: &str, block: Duration)
+        -> Result<Option<Delivery>, BusError>;
+
+    async fn ack_job(&self, delivery: &Delivery) -> Result<(), BusError>;
+
+    /// `queued` -> `running`, atomically; false if it was cancelled (or taken) before.
+    async fn try_start(&self, execution_id: &str, worker_id: &str) -> Result<bool, BusError>;
+
+    /// Appends the event to the execution's log and publishes it live; a terminal event marks it done.
+    async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError>;
+
+    /// Cancel requests for running executions (payload: execution id), for workers.
+    async fn cancel_requests(&self) -> Result<Subscription, BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trip() {
+        let e = BusEvent {
+            seq: 42,
+            terminal: true,
+            frame: ByteString::from(r#"{"type":"x y"}"#),
+        };
+        assert_eq!(BusEvent::decode(e.encode().as_bytes()).unwrap(), e);
+        assert!(BusEvent::decode(b"x 1 {}").is_err());
+        assert!(BusEvent::decode(b"1 2 {}").is_err());
+    }
+}

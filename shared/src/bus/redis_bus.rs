@@ -1,0 +1,497 @@
+//! The bus on Redis.
+//!
+//! - Jobs: a stream (`<prefix>:jobs`) read by the consumer group `workers`, so a job enqueued while no
+//!   worker listens waits for one; acknowledged (and deleted) once its terminal event is published.
+//! - Execution state: a hash moved through `queued -> running -> done` (or `cancelled`) by Lua scripts, so
+//!   a cancel and a worker's start can never both win.
+//! - Events: appended to a capped per-execution stream with a TTL (entry id `<seq>-0`, what `resume`
+//!   replays) and published on a per-execution channel, in one MULTI so the log and the live feed agree.
+//! - Live feed: one pub/sub connection per process, shared by every subscriber through the [`Hub`];
+//!   re-established with backoff when it drops, re-subscribing every channel still wanted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink};
+use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::hub::{Hub, Subscription, Upstream};
+use super::{Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job};
+use crate::keys::{Keys, WORKER_GROUP};
+
+/// How long one Redis command may take before it counts as failed (blocking reads excepted).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Backoff bounds for re-establishing the pub/sub connection.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+const TRY_START: &str = r#"
+if redis.call('HGET', KEYS[1], 'state') == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+const CANCEL: &str = r#"
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s then return 'missing' end
+if s == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  return 'queued'
+end
+if s == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+  return 'running'
+end
+return s
+"#;
+
+pub struct RedisBus {
+    client: Client,
+    settings: BusSettings,
+    keys: Keys,
+    conn: ConnectionManager,
+    /// A connection of its own for `XREADGROUP BLOCK`, which would stall a shared multiplexed connection.
+    blocking: AsyncMutex<Option<MultiplexedConnection>>,
+    hub: Hub,
+    try_start: Script,
+    cancel: Script,
+}
+
+/// The hub's upstream: the sink half of the current pub/sub connection (None while reconnecting).
+struct RedisUpstream {
+    sink: Arc<AsyncMutex<Option<PubSubSink>>>,
+}
+
+#[async_trait]
+impl Upstream for RedisUpstream {
+    async fn subscribe(&mut self, channel: &str) -> Result<(), BusError> {
+        match self.sink.lock().await.as_mut() {
+            Some(sink) => Ok(sink.subscribe(channel).await?),
+            None => Err(BusError::Malformed(
+                "redis pub/sub connection is down (reconnecting)".into(),
+            )),
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), BusError> {
+        if let Some(sink) = self.sink.lock().await.as_mut() {
+            sink.unsubscribe(channel).await?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisBus {
+    /// Connects (command connection and pub/sub) and makes sure the worker group exists.
+    pub async fn connect(url: &str, settings: BusSettings) -> Result<Arc<RedisBus>, BusError> {
+        let client = Client::open(url)?;
+        let conn = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(RESPONSE_TIMEOUT)),
+            )
+            .await?;
+        let keys = Keys::new(settings.key_prefix.clone());
+
+        let sink = Arc::new(AsyncMutex::new(None));
+        let (first_sink, first_stream) = client.get_async_pubsub().await?.split();
+        *sink.lock().await = Some(first_sink);
+        let hub = Hub::new(
+            RedisUpstream { sink: sink.clone() },
+            settings.fanout_capacity,
+        );
+        tokio::spawn(pubsub_reader(
+            client.clone(),
+            hub.clone(),
+            sink,
+            first_stream,
+        ));
+
+        let bus = RedisBus {
+            client,
+            settings,
+            keys,
+            conn,
+            blocking: AsyncMutex::new(None),
+            hub,
+            try_start: Script::new(TRY_START),
+            cancel: Script::new(CANCEL),
+        };
+        bus.ensure_group().await?;
+        Ok(Arc::new(bus))
+    }
+
+    async fn ensure_group(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        // Start at 0, not $: jobs enqueued before the first worker ever started must still run.
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.jobs())
+            .arg(WORKER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection, BusError> {
+        let mut slot = self.blocking.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_response_timeout(None)
+                    .set_connection_timeout(Some(RESPONSE_TIMEOUT)),
+            )
+            .await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Reads the pub/sub stream into the hub; when the connection drops, reconnects with backoff and
+/// re-subscribes every channel the hub still has subscribers for.
+async fn pubsub_reader(
+    client: Client,
+    hub: Hub,
+    sink: Arc<AsyncMutex<Option<PubSubSink>>>,
+    mut stream: redis::aio::PubSubStream,
+) {
+    loop {
+        while let Some(msg) = stream.next().await {
+            hub.deliver(
+                msg.get_channel_name(),
+                Bytes::copy_from_slice(msg.get_payload_bytes()),
+            );
+        }
+        *sink.lock().await = None;
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+        let mut delay = RECONNECT_MIN;
+        stream = loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECONNECT_MAX);
+            let Ok(pubsub) = client.get_async_pubsub().await else {
+                continue;
+            };
+            let (mut new_sink, new_stream) = pubsub.split();
+            let channels = hub.channels();
+            if !channels.is_empty() && new_sink.subscribe(&channels).await.is_err() {
+                continue;
+            }
+            *sink.lock().await = Some(new_sink);
+            tracing::info!(channels = channels.len(), "redis pub/sub reconnected");
+            break new_stream;
+        };
+    }
+}
+
+fn field_bytes<'a>(
+    map: &'a std::collections::HashMap<String, Value>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    match map.get(name) {
+        Some(Value::BulkString(b)) => Some(b.as_slice()),
+        Some(Value::SimpleString(s)) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, job: &Job) -> Result<(), BusError> {
+        let body = serde_json::to_string(job).map_err(|e| BusError::Malformed(e.to_string()))?;
+        let exec_key = self.keys.execution(&job.execution_id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(&exec_key)
+            .arg("state")
+            .arg("queued")
+            .arg("owner")
+            .arg(&job.owner)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&exec_key)
+            .arg(self.settings.event_ttl.as_secs())
+            .ignore()
+            .cmd("XADD")
+            .arg(self.keys.jobs())
+            .arg("*")
+            .arg("job")
+            .arg(body)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_idempotency(
+        &self,
+        user: &str,
+        client_id: &str,
+        execution_id: &str,
+    ) -> Result<Option<String>, BusError> {
+        let key = self.keys.idempotency(user, client_id);
+        let mut conn = self.conn.clone();
+        // SET NX GET: atomically claims the id, or returns what claimed it first.
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(execution_id)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(self.settings.idempotency_ttl.as_secs())
+            .query_async(&mut conn)
+            .await?;
+        Ok(previous)
+    }
+
+    async fn release_idempotency(&self, user: &str, client_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.idempotency(user, client_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn execution_info(&self, execution_id: &str) -> Result<Option<ExecutionInfo>, BusError> {
+        let mut conn = self.conn.clone();
+        let (state, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys.execution(execution_id))
+            .arg("state")
+            .arg("owner")
+            .query_async(&mut conn)
+            .await?;
+        Ok(state.map(|state| ExecutionInfo {
+            owner: owner.unwrap_or_default(),
+            state,
+        }))
+    }
+
+    async fn cancel(&self, execution_id: &str) -> Result<CancelOutcome, BusError> {
+        let mut conn = self.conn.clone();
+        let found: String = self
+            .cancel
+            .key(self.keys.execution(execution_id))
+            .key(self.keys.cancel_channel())
+            .arg(execution_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match found.as_str() {
+            "missing" => CancelOutcome::NotFound,
+            "queued" => CancelOutcome::WasQueued,
+            "running" => CancelOutcome::Running,
+            _ => CancelOutcome::Finished,
+        })
+    }
+
+    async fn read_events(
+        &self,
+        execution_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<BusEvent>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.execution_events(execution_id))
+            .arg(format!("{}-0", after_seq + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let seq = entry
+                    .id
+                    .split('-')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
+                let terminal = field_bytes(&entry.map, "t") == Some(b"1");
+                let frame = field_bytes(&entry.map, "f").ok_or_else(|| {
+                    BusError::Malformed(format!("event {} has no frame", entry.id))
+                })?;
+                let frame = ByteString::try_from(Bytes::copy_from_slice(frame))
+                    .map_err(|e| BusError::Malformed(e.to_string()))?;
+                Ok(BusEvent {
+                    seq,
+                    terminal,
+                    frame,
+                })
+            })
+            .collect()
+    }
+
+    async fn subscribe(&self, execution_id: &str) -> Result<Subscription, BusError> {
+        self.hub
+            .subscribe(&self.keys.execution_channel(execution_id))
+            .await
+    }
+
+    async fn next_job(
+        &self,
+        consumer: &str,
+        block: Duration,
+    ) -> Result<Option<Delivery>, BusError> {
+        let mut conn = self.blocking_conn().await?;
+        let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(WORKER_GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.keys.jobs())
+            .arg(">")
+            .query_async(&mut conn)
+            .await;
+        let reply = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // Drop the connection so the next call makes a fresh one; recreate the group if Redis lost it.
+                *self.blocking.lock().await = None;
+                if e.code() == Some("NOGROUP") {
+                    self.ensure_group().await?;
+                }
+                return Err(e.into());
+            }
+        };
+        let Some(entry) = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next())
+        else {
+            return Ok(None);
+        };
+        let job = field_bytes(&entry.map, "job")
+            .ok_or_else(|| BusError::Malformed("job entry without `job` field".into()))
+            .and_then(|b| {
+                serde_json::from_slice::<Job>(b).map_err(|e| BusError::Malformed(e.to_string()))
+            });
+        match job {
+            Ok(job) => Ok(Some(Delivery {
+                delivery_id: entry.id,
+                job,
+            })),
+            Err(e) => {
+                // A job nobody can read would be redelivered forever: drop it, loudly.
+                tracing::error!(id = %entry.id, error = %e, "dropping malformed job");
+                self.ack_job(&Delivery {
+                    delivery_id: entry.id,
+                    job: Job {
+                        execution_id: String::new(),
+                        owner: String::new(),
+                        query: String::new(),
+                        options: Default::default(),
+                        traceparent: None,
+                        enqueued_at_ms: 0,
+                    },
+                })
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn ack_job(&self, delivery: &Delivery) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("XACK")
+            .arg(self.keys.jobs())
+            .arg(WORKER_GROUP)
+            .arg(&delivery.delivery_id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(self.keys.jobs())
+            .arg(&delivery.delivery_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_start(&self, execution_id: &str, worker_id: &str) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let started: i64 = self
+            .try_start
+            .key(self.keys.execution(execution_id))
+            .arg(worker_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(started == 1)
+    }
+
+    async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
+        let events_key = self.keys.execution_events(execution_id);
+        let ttl = self.settings.event_ttl.as_secs();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XADD")
+            .arg(&events_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.settings.event_stream_max_len)
+            .arg(format!("{}-0", event.seq))
+            .arg("t")
+            .arg(u8::from(event.terminal))
+            .arg("f")
+            .arg(&*event.frame)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&events_key)
+            .arg(ttl)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.keys.execution_channel(execution_id))
+            .arg(event.encode())
+            .ignore();
+        if event.terminal {
+            let exec_key = self.keys.execution(execution_id);
+            pipe.cmd("HSET")
+                .arg(&exec_key)
+                .arg("state")
+                .arg("done")
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&exec_key)
+                .arg(ttl)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn cancel_requests(&self) -> Result<Subscription, BusError> {
+        self.hub.subscribe(&self.keys.cancel_channel()).await
+    }
+}

@@ -1,0 +1,152 @@
+//! The one table of protocol error codes and WebSocket close codes (PROTOCOL.md), used everywhere.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `error.payload.code`: what went wrong with a client frame. The connection stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// `query_error.payload.error.code`: why a query failed. `sqlstate` carries the database's own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryErrorCode {
+    /// SQLSTATE class 42 syntax error (42601) and friends.
+    SyntaxError,
+    /// The statement tried to write (SQLSTATE 25006): queries run in a read-only transaction.
+    ReadOnly,
+    /// `statement_timeout` (or the request's `timeoutMs`) elapsed (SQLSTATE 57014).
+    Timeout,
+    /// Any other error reported by the database; see `sqlstate`.
+    SqlError,
+    /// The request itself is invalid (more than one statement, bad parameters, bad options).
+    InvalidRequest,
+    /// The database could not be reached.
+    Unavailable,
+    /// A bug or an unexpected failure on our side.
+    Internal,
+}
+
+impl QueryErrorCode {
+    /// Maps a PostgreSQL SQLSTATE to our code (the database decides, not a regex over the SQL).
+    pub fn from_sqlstate(sqlstate: &str) -> Self {
+        match sqlstate {
+            "25006" => QueryErrorCode::ReadOnly,
+            "57014" => QueryErrorCode::Timeout,
+            "42601" => QueryErrorCode::SyntaxError,
+            s if s.starts_with("08") => QueryErrorCode::Unavailable,
+            _ => QueryErrorCode::SqlError,
+        }
+    }
+}
+
+/// WebSocket close codes (RFC 6455 and the application range 4000-4999 of PROTOCOL.md).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    /// Node draining: reconnect, possibly to another node.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Overloaded or slow consumer: try again later (resume with `afterSeq`).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Bad or expired token: the client must not reconnect with it.
+    pub const UNAUTHORIZED: u16 = 4001;
+    pub const FORBIDDEN: u16 = 4003;
+    pub const NOT_FOUND: u16 = 4004;
+
+    /// Short reason text sent with the close frame.
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal closure",
+            GOING_AWAY => "going away",
+            POLICY => "policy violation",
+            TOO_BIG => "frame too big",
+            INTERNAL => "internal error",
+            SERVICE_RESTART => "service restart: reconnect",
+            TRY_AGAIN_LATER => "try again later",
+            UNAUTHORIZED => "unauthorized",
+            FORBIDDEN => "forbidden",
+            NOT_FOUND => "not found",
+            _ => "closed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_code_wire_names_match_serde() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownType,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::RateLimited,
+            ErrorCode::TooLarge,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json, serde_json::Value::String(code.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn sqlstate_mapping() {
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("25006"),
+            QueryErrorCode::ReadOnly
+        );
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("57014"),
+            QueryErrorCode::Timeout
+        );
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("42601"),
+            QueryErrorCode::SyntaxError
+        );
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("08006"),
+            QueryErrorCode::Unavailable
+        );
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("22012"),
+            QueryErrorCode::SqlError
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Configuration pieces both binaries flatten into their command line. Every setting is a flag and a
+//! `C2S_*` environment variable with a documented default; secrets are masked when the config is printed.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bus::{Bus, BusError, BusSettings, RedisBus};
+
+/// A URL that may carry a password (`redis://:pw@host`, `postgres://user:pw@host/db`): printed masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password (if any) replaced by `***`.
+    pub fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            // Not a URL we can parse (e.g. a libpq key=value string): show nothing that could be secret.
+            Err(_) => "<unparsed, hidden>".into(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err("empty URL".into());
+        }
+        Ok(SecretUrl(s.to_owned()))
+    }
+}
+
+/// Where the bus lives and how long it keeps things.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BusArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379. On the gateway, leaving it unset selects embedded mode.
+    #[arg(long, env = "C2S_REDIS_URL")]
+    pub redis_url: Option<SecretUrl>,
+
+    /// Prefix of every Redis key and channel (lets deployments and tests share one Redis).
+    #[arg(long, env = "C2S_KEY_PREFIX", default_value = "c2s")]
+    pub key_prefix: String,
+
+    /// Approximate cap on the events kept per execution for `resume` (older ones are trimmed).
+    #[arg(long, env = "C2S_EVENT_STREAM_MAX_LEN", default_value_t = 100_000)]
+    pub event_stream_max_len: usize,
+
+    /// Seconds an execution's events and state are kept after its last event.
+    #[arg(long, env = "C2S_EVENT_TTL_SECS", default_value_t = 3600)]
+    pub event_ttl_secs: u64,
+
+    /// Seconds a client message id is remembered for idempotency.
+    #[arg(long, env = "C2S_IDEMPOTENCY_TTL_SECS", default_value_t = 600)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Messages buffered per channel per node for live subscribers; one further behind re-reads the stream.
+    #[arg(long, env = "C2S_FANOUT_CAPACITY", default_value_t = 1024)]
+    pub fanout_capacity: usize,
+}
+
+impl BusArgs {
+    pub fn settings(&self) -> BusSettings {
+        BusSettings {
+            key_prefix: self.key_prefix.clone(),
+            event_stream_max_len: self.event_stream_max_len,
+            event_ttl: Duration::from_secs(self.event_ttl_secs),
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            fanout_capacity: self.fanout_capacity,
+        }
+    }
+
+    /// Connects to Redis (`--redis-url` must be set).
+    pub async fn connect_redis(&self) -> Result<Arc<dyn Bus>, BusError> {
+        let url = self
+            .redis_url
+            .as_ref()
+            .ok_or_else(|| BusError::Malformed("--redis-url / C2S_REDIS_URL is not set".into()))?;
+        let bus: Arc<dyn Bus> = RedisBus::connect(url.expose(), self.settings()).await?;
+        Ok(bus)
+    }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `c2s_gateway=debug,info`.
+    #[arg(long, env = "C2S_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log output format.
+    #[arg(long, env = "C2S_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked() {
+        let u: SecretUrl = "postgres://app:hunter2@db:5432/x".parse().unwrap();
+        assert!(!format!("{u:?}").contains("hunter2"));
+        assert!(u.masked().contains("***"));
+        let r: SecretUrl = "redis://:pw@127.0.0.1:6379".parse().unwrap();
+        assert!(!r.to_string().contains("pw@"));
+        let plain: SecretUrl = "redis://127.0.0.1:6379".parse().unwrap();
+        assert_eq!(plain.masked(), "redis://127.0.0.1:6379");
+    }
+}

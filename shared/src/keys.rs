@@ -1,0 +1,52 @@
+//! Every Redis key and channel name, in one place. All of them start with the configured prefix, so
+//! several deployments (or parallel tests) can share one Redis without touching each other.
+
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The consumer group that all workers read the job stream with.
+pub const WORKER_GROUP: &str = "workers";
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stream of query jobs, read by the worker consumer group.
+    pub fn jobs(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    /// Hash with an execution's lifecycle state (`queued`/`running`/`done`/`cancelled`) and owner.
+    pub fn execution(&self, execution_id: &str) -> String {
+        format!("{}:exec:{execution_id}", self.prefix)
+    }
+
+    /// Capped stream of an execution's events, entry id `<seq>-0`: what `resume` replays.
+    pub fn execution_events(&self, execution_id: &str) -> String {
+        format!("{}:exec:{execution_id}:events", self.prefix)
+    }
+
+    /// Pub/sub channel carrying an execution's events live.
+    pub fn execution_channel(&self, execution_id: &str) -> String {
+        format!("{}:exec:{execution_id}:live", self.prefix)
+    }
+
+    /// Pub/sub channel on which workers hear cancel requests (payload: execution id).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Idempotency record of a client message id, per user.
+    pub fn idempotency(&self, user: &str, client_id: &str) -> String {
+        format!("{}:idem:{user}:{client_id}", self.prefix)
+    }
+}

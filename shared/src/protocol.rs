@@ -1,0 +1,514 @@
+//! The wire protocol of PROTOCOL.md as serde types: every frame is `{type, payload, id?, seq?, traceparent?}`.
+//!
+//! Client frames are decoded in two steps (`decode_client_frame`): the envelope first, then the payload by
+//! `type`, so an unknown type and a malformed payload get different error codes. Server frames are encoded
+//! once (`ServerFrame::to_text`) and the same text is fanned out to every recipient.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::codes::{ErrorCode, QueryErrorCode};
+
+/// Longest accepted client message id (PROTOCOL.md: at most 64 characters).
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// How rows are laid out in `data_chunk.data`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RowFormat {
+    /// One object per row keyed by column name (what the guide's table expects).
+    #[default]
+    Objects,
+    /// One array per row in column order (compact).
+    Arrays,
+}
+
+/// `execute_query.options`. Every field is optional; the worker clamps them to its configured limits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryOptions {
+    /// Row cap for this query (clamped to the worker's `--max-rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// Rows per `data_chunk` (clamped to `--max-chunk-size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<u32>,
+    /// Statement timeout for this query in ms (clamped to `--max-statement-timeout-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_format: Option<RowFormat>,
+    /// Bind values for `$1`, `$2`, … (strings, numbers, booleans, null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<Value>>,
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client -> server
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteQuery {
+    pub query: String,
+    #[serde(default)]
+    pub options: Option<QueryOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionRef {
+    pub execution_id: String,
+}
+
+/// `resume` / `subscribe`: replay an execution's events after `afterSeq` (0 or absent: from the start), then live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamFrom {
+    pub execution_id: String,
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ping {
+    /// Echoed back in `pong` (the guide sends `Date.now()`).
+    #[serde(default)]
+    pub timestamp: Option<Value>,
+}
+
+/// Every message a client may send, tagged by `type` with its body in `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum ClientMessage {
+    ExecuteQuery(ExecuteQuery),
+    CancelQuery(ExecutionRef),
+    Resume(StreamFrom),
+    Subscribe(StreamFrom),
+    Ping(Ping),
+}
+
+/// The `type` of every `ClientMessage` variant: tells an unknown type from a malformed known one.
+pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
+    "execute_query",
+    "cancel_query",
+    "resume",
+    "subscribe",
+    "ping",
+];
+
+/// A decoded client frame: the message and the envelope fields that travel beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClientFrame {
+    #[serde(flatten)]
+    pub message: ClientMessage,
+    /// Client message id (≤ 64 chars): acknowledged with `ack`, and never executed twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// W3C trace context to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// Why a client frame was refused; becomes an `error` frame, the connection stays.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The frame's `id`, when it could be read.
+    pub reference: Option<String>,
+}
+
+/// The envelope as read before the payload is interpreted.
+#[derive(Deserialize)]
+struct RawEnvelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    /// The guide sends `{type:'ping', timestamp}` with the timestamp at top level.
+    #[serde(default)]
+    timestamp: Option<Value>,
+}
+
+/// Decodes one text frame. Errors say what to fix.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let raw: RawEnvelope = serde_json::from_str(text).map_err(|e| {
+        // Try to recover the id for `ref`, even from an envelope without a usable `type`.
+        let reference = serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+        FrameError {
+            code: ErrorCode::BadRequest,
+            message: if e.is_syntax() || e.is_eof() {
+                format!("frame is not valid JSON: {e}")
+            } else {
+                format!("frame must be an object {{\"type\": string, \"payload\": object}}: {e}")
+            },
+            reference,
+        }
+    })?;
+    let id = match raw.id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_CLIENT_ID_LEN && !s.is_empty() => Some(s),
+        Some(Value::String(_)) => {
+            return Err(FrameError {
+                code: ErrorCode::BadRequest,
+                message: format!("`id` must be 1 to {MAX_CLIENT_ID_LEN} characters"),
+                reference: None,
+            })
+        }
+        Some(_) => {
+            return Err(FrameError {
+                code: ErrorCode::BadRequest,
+                message: "`id` must be a string".into(),
+                reference: None,
+            })
+        }
+    };
+    let fail = |code, message: String| FrameError {
+        code,
+        message,
+        reference: id.clone(),
+    };
+    if !CLIENT_MESSAGE_TYPES.contains(&raw.kind.as_str()) {
+        return Err(fail(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type `{}`; expected one of: {}",
+                raw.kind,
+                CLIENT_MESSAGE_TYPES.join(", ")
+            ),
+        ));
+    }
+    let mut payload = match raw.payload {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                "`payload` must be a JSON object".into(),
+            ))
+        }
+    };
+    if raw.kind == "ping" {
+        if let (Some(ts), Some(obj)) = (raw.timestamp, payload.as_object_mut()) {
+            obj.entry("timestamp").or_insert(ts);
+        }
+    }
+    let message: ClientMessage = serde_json::from_value(serde_json::json!({
+        "type": raw.kind,
+        "payload": payload,
+    }))
+    .map_err(|e| {
+        fail(
+            ErrorCode::BadRequest,
+            format!("invalid `{}` payload: {e}", raw.kind),
+        )
+    })?;
+    Ok(ClientFrame {
+        message,
+        id,
+        traceparent: raw.traceparent,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Server -> client
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The acknowledged client message id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// For `execute_query`: the execution the message created (or, for a repeated id, created before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// True when the id was seen before: acknowledged again, not executed again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// For humans: says what to fix.
+    pub message: String,
+    /// The `id` of the client frame this answers, if it had one.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pong {
+    /// The client's `timestamp`, echoed.
+    #[serde(default)]
+    pub timestamp: Option<Value>,
+    /// Server clock, ms since the epoch.
+    pub server_time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryStarted {
+    pub execution_id: String,
+    pub timestamp: i64,
+    /// The worker that took the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryProgress {
+    pub execution_id: String,
+    pub timestamp: i64,
+    /// 0..=100, never decreasing within an execution.
+    pub progress: u8,
+    /// Human label: `executing`, `streaming`, …
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_processed: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Column {
+    pub name: String,
+    /// The database's type name (`int4`, `text`, `timestamptz`, …).
+    #[serde(rename = "type")]
+    pub type_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStreamStart {
+    pub execution_id: String,
+    pub timestamp: i64,
+    /// Exact row count when known before streaming, else null (see `estimatedRows`).
+    pub total_rows: Option<u64>,
+    /// The planner's estimate when `totalRows` is null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_rows: Option<u64>,
+    pub columns: Vec<Column>,
+    pub row_format: RowFormat,
+    pub chunk_size: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataChunk {
+    pub execution_id: String,
+    pub timestamp: i64,
+    /// 0, 1, 2, … within the execution.
+    pub chunk_index: u64,
+    /// Rows: objects keyed by column name, or arrays in column order (`rowFormat`).
+    pub data: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStreamComplete {
+    pub execution_id: String,
+    pub timestamp: i64,
+    pub total_rows: u64,
+    pub chunks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult {
+    pub row_count: u64,
+    pub columns: Vec<Column>,
+    pub duration_ms: u64,
+    /// True when the row cap stopped the result early.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCompleted {
+    pub execution_id: String,
+    pub timestamp: i64,
+    pub result: QueryResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryErrorDetail {
+    pub code: QueryErrorCode,
+    pub message: String,
+    /// The database's SQLSTATE, when the database reported the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// 1-based character position in the query, when the database reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryError {
+    pub execution_id: String,
+    pub timestamp: i64,
+    pub error: QueryErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryCancelled {
+    pub execution_id: String,
+    pub timestamp: i64,
+}
+
+/// Every message the server sends, tagged by `type` with its body in `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Ack(Ack),
+    Error(ErrorBody),
+    Pong(Pong),
+    QueryStarted(QueryStarted),
+    QueryProgress(QueryProgress),
+    DataStreamStart(DataStreamStart),
+    DataChunk(DataChunk),
+    DataStreamComplete(DataStreamComplete),
+    QueryCompleted(QueryCompleted),
+    QueryError(QueryError),
+    QueryCancelled(QueryCancelled),
+}
+
+impl ServerMessage {
+    /// True for the events that end an execution's stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            ServerMessage::QueryCompleted(_)
+                | ServerMessage::QueryError(_)
+                | ServerMessage::QueryCancelled(_)
+        )
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
+        ServerMessage::Error(ErrorBody {
+            code,
+            message: message.into(),
+            reference,
+        })
+    }
+}
+
+/// A server frame: the message plus the envelope fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServerFrame {
+    #[serde(flatten)]
+    pub message: ServerMessage,
+    /// Per-stream sequence number (per execution), from 1 with no gaps: what a client resumes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl ServerFrame {
+    pub fn new(message: ServerMessage) -> Self {
+        ServerFrame {
+            message,
+            seq: None,
+            traceparent: None,
+        }
+    }
+
+    /// Encodes the frame once; the text is shared by every recipient.
+    pub fn to_text(&self) -> String {
+        // Serializing these plain data types cannot fail (string keys, no non-finite floats from serde_json::Value).
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","payload":{{"code":"internal","message":"encode failed: {e}"}}}}"#)
+        })
+    }
+}
+
+/// The JSON Schema of every frame, generated from these types (served at `GET /schema`).
+pub fn schema_document() -> Value {
+    serde_json::json!({
+        "title": "Chat2SQL Realtime wire protocol",
+        "client": schemars::schema_for!(ClientFrame),
+        "server": schemars::schema_for!(ServerFrame),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_client_type_decodes() {
+        let samples = [
+            r#"{"type":"execute_query","payload":{"query":"select 1"}}"#,
+            r#"{"type":"cancel_query","payload":{"executionId":"e"}}"#,
+            r#"{"type":"resume","payload":{"executionId":"e","afterSeq":3}}"#,
+            r#"{"type":"subscribe","payload":{"executionId":"e"}}"#,
+            r#"{"type":"ping"}"#,
+        ];
+        assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
+        for s in samples {
+            decode_client_frame(s).unwrap();
+        }
+    }
+
+    #[test]
+    fn guide_ping_with_top_level_timestamp_is_echoed() {
+        let f = decode_client_frame(r#"{"type":"ping","timestamp":123}"#).unwrap();
+        assert_eq!(
+            f.message,
+            ClientMessage::Ping(Ping {
+                timestamp: Some(Value::from(123))
+            })
+        );
+    }
+
+    #[test]
+    fn error_kinds_are_distinguished() {
+        assert_eq!(
+            decode_client_frame("{nope").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        let e = decode_client_frame(r#"{"type":"dance","id":"x1"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.reference.as_deref()),
+            (ErrorCode::UnknownType, Some("x1"))
+        );
+        let e = decode_client_frame(r#"{"type":"execute_query","payload":{}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("query"), "{}", e.message);
+        let long = "x".repeat(65);
+        let e = decode_client_frame(&format!(r#"{{"type":"ping","id":"{long}"}}"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn server_frame_shape() {
+        let mut f = ServerFrame::new(ServerMessage::QueryCancelled(QueryCancelled {
+            execution_id: "e".into(),
+            timestamp: 1,
+        }));
+        f.seq = Some(4);
+        let v: Value = serde_json::from_str(&f.to_text()).unwrap();
+        assert_eq!(v["type"], "query_cancelled");
+        assert_eq!(v["payload"]["executionId"], "e");
+        assert_eq!(v["seq"], 4);
+        let back: ServerFrame = serde_json::from_value(v).unwrap();
+        assert_eq!(back, f);
+    }
+}

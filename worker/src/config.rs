@@ -1,0 +1,144 @@
+//! Worker settings: every limit is a flag and a `C2S_*` variable with a documented default.
+
+use std::time::Duration;
+
+use c2s_shared::protocol::{QueryOptions, RowFormat};
+
+/// Per-query limits. A request's `options` may ask for less, never for more.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueryLimits {
+    /// Row cap of a query; a larger result is cut and reported with `truncated: true`.
+    #[arg(long, env = "C2S_MAX_ROWS", default_value_t = 1_000_000)]
+    pub max_rows: u64,
+
+    /// Rows per `data_chunk` when the request does not say.
+    #[arg(long, env = "C2S_DEFAULT_CHUNK_SIZE", default_value_t = 500)]
+    pub default_chunk_size: u32,
+
+    /// Largest `chunkSize` a request may ask for.
+    #[arg(long, env = "C2S_MAX_CHUNK_SIZE", default_value_t = 10_000)]
+    pub max_chunk_size: u32,
+
+    /// Statement timeout (ms) when the request does not say.
+    #[arg(long, env = "C2S_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub statement_timeout_ms: u64,
+
+    /// Largest `timeoutMs` a request may ask for.
+    #[arg(long, env = "C2S_MAX_STATEMENT_TIMEOUT_MS", default_value_t = 300_000)]
+    pub max_statement_timeout_ms: u64,
+
+    /// `lock_timeout` (ms) of the query's transaction.
+    #[arg(long, env = "C2S_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub lock_timeout_ms: u64,
+
+    /// Minimum interval (ms) between two `query_progress` events while streaming.
+    #[arg(long, env = "C2S_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    pub progress_interval_ms: u64,
+
+    /// Largest number of bind parameters (`options.params`) a query may carry.
+    #[arg(long, env = "C2S_MAX_PARAMS", default_value_t = 100)]
+    pub max_params: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_rows: 1_000_000,
+            default_chunk_size: 500,
+            max_chunk_size: 10_000,
+            statement_timeout_ms: 30_000,
+            max_statement_timeout_ms: 300_000,
+            lock_timeout_ms: 5_000,
+            progress_interval_ms: 250,
+            max_params: 100,
+        }
+    }
+}
+
+/// A request's options, clamped to the limits.
+#[derive(Debug, Clone)]
+pub struct ResolvedOptions {
+    pub max_rows: u64,
+    pub chunk_size: u32,
+    pub timeout: Duration,
+    pub lock_timeout: Duration,
+    pub row_format: RowFormat,
+    pub progress_interval: Duration,
+}
+
+impl QueryLimits {
+    pub fn resolve(&self, options: &QueryOptions) -> ResolvedOptions {
+        ResolvedOptions {
+            max_rows: options.max_rows.unwrap_or(self.max_rows).min(self.max_rows),
+            chunk_size: options
+                .chunk_size
+                .unwrap_or(self.default_chunk_size)
+                .clamp(1, self.max_chunk_size.max(1)),
+            timeout: Duration::from_millis(
+                options
+                    .timeout_ms
+                    .unwrap_or(self.statement_timeout_ms)
+                    .clamp(1, self.max_statement_timeout_ms.max(1)),
+            ),
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            row_format: options.row_format.unwrap_or_default(),
+            progress_interval: Duration::from_millis(self.progress_interval_ms),
+        }
+    }
+}
+
+/// How the worker takes jobs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Name of this worker in the consumer group (default: `worker-<random>`).
+    #[arg(long, env = "C2S_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Queries run at once by this worker.
+    #[arg(long, env = "C2S_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// How long (ms) one blocking read of the job queue waits before looking again.
+    #[arg(long, env = "C2S_JOB_POLL_MS", default_value_t = 2_000)]
+    pub job_poll_ms: u64,
+
+    /// On shutdown, how long (ms) running queries may take to finish before the worker exits anyway.
+    #[arg(long, env = "C2S_WORKER_GRACE_MS", default_value_t = 10_000)]
+    pub grace_ms: u64,
+
+    #[command(flatten)]
+    pub limits: QueryLimits,
+}
+
+impl WorkerArgs {
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_clamped_to_limits() {
+        let limits = QueryLimits::default();
+        let r = limits.resolve(&QueryOptions {
+            max_rows: Some(u64::MAX),
+            chunk_size: Some(0),
+            timeout_ms: Some(u64::MAX),
+            ..Default::default()
+        });
+        assert_eq!(r.max_rows, limits.max_rows);
+        assert_eq!(r.chunk_size, 1);
+        assert_eq!(
+            r.timeout,
+            Duration::from_millis(limits.max_statement_timeout_ms)
+        );
+        let r = limits.resolve(&QueryOptions::default());
+        assert_eq!(r.chunk_size, limits.default_chunk_size);
+        assert_eq!(r.row_format, RowFormat::Objects);
+    }
+}

@@ -1,0 +1,145 @@
+//! The databases a worker can run queries on, behind one trait. Both stream rows through the same
+//! [`Chunker`](crate::events::Chunker) and honour the same limits and cancellation.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use c2s_shared::bus::{BusError, Job};
+use c2s_shared::codes::QueryErrorCode;
+use c2s_shared::protocol::{Column, QueryErrorDetail};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ResolvedOptions;
+use crate::events::EventSink;
+
+/// What a successful run reports for `query_completed`.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub row_count: u64,
+    pub columns: Vec<Column>,
+    pub truncated: bool,
+}
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{}", .0.message)]
+    Query(QueryErrorDetail),
+    /// The events could not be published: nobody can be told, the job stays pending for another try.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+}
+
+impl Failure {
+    pub fn query(code: QueryErrorCode, message: impl Into<String>) -> Failure {
+        Failure::Query(QueryErrorDetail {
+            code,
+            message: message.into(),
+            sqlstate: None,
+            position: None,
+        })
+    }
+
+    /// Maps a driver error: database errors keep their SQLSTATE and position.
+    pub fn from_sqlx(e: sqlx::Error) -> Failure {
+        match e {
+            sqlx::Error::Database(db)
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                // SQLite's result codes are not SQLSTATEs: map the ones users meet, keep the text.
+                let code = match db.code().as_deref() {
+                    Some("8") => QueryErrorCode::ReadOnly,
+                    _ => QueryErrorCode::SqlError,
+                };
+                Failure::query(code, db.message())
+            }
+            sqlx::Error::Database(db) => {
+                let sqlstate = db.code().map(|c| c.into_owned());
+                let position = db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| match pg.position() {
+                        Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p as u32),
+                        _ => None,
+                    });
+                let code = match sqlstate.as_deref() {
+                    Some(s) => QueryErrorCode::from_sqlstate(s),
+                    None => QueryErrorCode::SqlError,
+                };
+                Failure::Query(QueryErrorDetail {
+                    code,
+                    message: db.message().to_owned(),
+                    sqlstate,
+                    position,
+                })
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Failure::query(
+                QueryErrorCode::Unavailable,
+                format!("database unavailable: {e}"),
+            ),
+            other => Failure::query(QueryErrorCode::Internal, other.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+pub trait SqlEngine: Send + Sync + 'static {
+    /// Runs the job's query and streams `query_progress`, `data_stream_start`, `data_chunk`s and
+    /// `data_stream_complete` into `sink`. The caller emits `query_started` before and the terminal
+    /// event after. Returns promptly with [`Failure::Cancelled`] once `cancel` fires, the SQL stopped.
+    async fn execute(
+        &self,
+        job: &Job,
+        options: &ResolvedOptions,
+        sink: &mut EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Completed, Failure>;
+}
+
+/// A bind parameter from `options.params`, typed the way the database will see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// Checks `options.params` against the limit and types each value.
+pub fn parse_params(params: Option<&[Value]>, max: usize) -> Result<Vec<Param>, Failure> {
+    let params = params.unwrap_or_default();
+    if params.len() > max {
+        return Err(Failure::query(
+            QueryErrorCode::InvalidRequest,
+            format!("too many params: {} (limit {max})", params.len()),
+        ));
+    }
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            Value::Null => Ok(Param::Null),
+            Value::Bool(b) => Ok(Param::Bool(*b)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Ok(Param::Int(i)),
+                None => Ok(Param::Float(n.as_f64().unwrap_or(f64::NAN))),
+            },
+            Value::String(s) => Ok(Param::Text(s.clone())),
+            _ => Err(Failure::query(
+                QueryErrorCode::InvalidRequest,
+                format!(
+                    "param ${} must be a string, number, boolean or null (arrays and objects: pass JSON text and cast)",
+                    i + 1
+                ),
+            )),
+        })
+        .collect()
+}

@@ -1,0 +1,88 @@
+//! `worker`: takes query jobs from Redis and runs them on PostgreSQL.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use c2s_shared::config::{BusArgs, LogArgs, SecretUrl};
+use c2s_worker::{PostgresEngine, Worker, WorkerArgs};
+use clap::Parser;
+
+/// Chat2SQL Realtime worker: runs queries from the Redis job stream on PostgreSQL and streams the results back.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// PostgreSQL URL the queries run on, e.g. postgres://reader@127.0.0.1:5432/app (use a read-only role).
+    #[arg(long, env = "C2S_DATABASE_URL")]
+    database_url: SecretUrl,
+
+    /// Connections in the pool (default: --concurrency).
+    #[arg(long, env = "C2S_DB_POOL_SIZE")]
+    db_pool_size: Option<u32>,
+
+    #[command(flatten)]
+    bus: BusArgs,
+
+    #[command(flatten)]
+    worker: WorkerArgs,
+
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    c2s_shared::telemetry::init(&cli.log);
+    tracing::info!(config = ?cli, "starting worker");
+    if cli.bus.redis_url.is_none() {
+        anyhow::bail!("--redis-url / C2S_REDIS_URL is required for a standalone worker");
+    }
+    let bus = cli
+        .bus
+        .connect_redis()
+        .await
+        .context("connecting to Redis")?;
+    let pool_size = cli
+        .db_pool_size
+        .unwrap_or(cli.worker.concurrency as u32)
+        .max(1);
+    let engine = PostgresEngine::connect(
+        cli.database_url.expose(),
+        pool_size,
+        cli.worker.limits.clone(),
+    )
+    .await
+    .with_context(|| format!("connecting to PostgreSQL at {}", cli.database_url))?;
+    let worker = Worker::new(bus, Arc::new(engine), cli.worker.clone());
+    worker
+        .listen_for_cancels()
+        .await
+        .context("subscribing to cancel requests")?;
+    // The one line on stdout: tools and tests wait for it.
+    println!("READY {}", worker.id());
+    tracing::info!(worker_id = worker.id(), "ready for jobs");
+    worker.run(shutdown_signal()).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
