@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use c2s_shared::bus::Job;
 use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::protocol::Column;
-use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgTypeInfo};
 use sqlx::{Arguments, Column as _, Executor, Postgres, Statement, Type, TypeInfo};
@@ -60,126 +59,123 @@ impl PostgresEngine {
         }
     }
 
-    /// (A boxed future with one explicit lifetime: sqlx's `Executor` impls trip the compiler's
-    /// higher-ranked `Send` check inside `async_trait` otherwise.)
-    fn stream<'a>(
-        &'a self,
-        conn: &'a mut sqlx::PgConnection,
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        conn: &mut sqlx::PgConnection,
         pid: i32,
-        job: &'a Job,
-        options: &'a ResolvedOptions,
-        sink: &'a mut EventSink,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Completed, Failure>> {
-        Box::pin(async move {
-            let params = parse_params(job.options.params.as_deref(), self.limits.max_params)?;
-            let param_types: Vec<PgTypeInfo> = params.iter().map(pg_type_of).collect();
-            let statement = conn
-                .prepare_with(&job.query, &param_types)
-                .await
-                .map_err(Failure::from_sqlx)?;
-            let columns: Vec<Column> = statement
-                .columns()
-                .iter()
-                .map(|c| Column {
-                    name: c.name().to_owned(),
-                    type_name: c.type_info().name().to_lowercase(),
-                })
-                .collect();
-            let decoders: Vec<PgDecoder> = columns
-                .iter()
-                .map(|c| PgDecoder::for_type(&c.type_name))
-                .collect();
-            let estimated_rows = if columns.is_empty() {
-                Some(0)
-            } else {
-                estimate_rows(conn, &job.query, &params).await
-            };
-            sink.progress(PROGRESS_EXECUTING, "executing", None).await?;
-            let mut chunker = Chunker::start(sink, columns, estimated_rows, options).await?;
+        job: &Job,
+        options: &ResolvedOptions,
+        sink: &mut EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Completed, Failure> {
+        let params = parse_params(job.options.params.as_deref(), self.limits.max_params)?;
+        let param_types: Vec<PgTypeInfo> = params.iter().map(pg_type_of).collect();
+        let statement = conn
+            .prepare_with(&job.query, &param_types)
+            .await
+            .map_err(Failure::from_sqlx)?;
+        let columns: Vec<Column> = statement
+            .columns()
+            .iter()
+            .map(|c| Column {
+                name: c.name().to_owned(),
+                type_name: c.type_info().name().to_lowercase(),
+            })
+            .collect();
+        let decoders: Vec<PgDecoder> = columns
+            .iter()
+            .map(|c| PgDecoder::for_type(&c.type_name))
+            .collect();
+        let estimated_rows = if columns.is_empty() {
+            Some(0)
+        } else {
+            estimate_rows(conn, &job.query, &params).await
+        };
+        sink.progress(PROGRESS_EXECUTING, "executing", None).await?;
+        let mut chunker = Chunker::start(sink, columns, estimated_rows, options).await?;
 
-            let mut stop: Option<Stop> = None;
-            let mut drain_deadline: Option<Instant> = None;
-            let mut failure: Option<Failure> = None;
-            {
-                let mut rows = sqlx::query_with(&job.query, bind_all(&params)).fetch(&mut *conn);
-                loop {
-                    if drain_deadline.is_some_and(|d| Instant::now() > d) {
-                        // The server did not stop in time: the caller closes this connection.
-                        failure = Some(Failure::query(
-                            QueryErrorCode::Internal,
-                            "query did not stop",
-                        ));
+        let mut stop: Option<Stop> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut failure: Option<Failure> = None;
+        {
+            let mut rows = sqlx::query_with(&job.query, bind_all(&params)).fetch(&mut *conn);
+            loop {
+                if drain_deadline.is_some_and(|d| Instant::now() > d) {
+                    // The server did not stop in time: the caller closes this connection.
+                    failure = Some(Failure::query(
+                        QueryErrorCode::Internal,
+                        "query did not stop",
+                    ));
+                    break;
+                }
+                let next = tokio::select! {
+                    biased;
+                    // Cancel request from the client: stop the SQL on the server, then drain.
+                    _ = cancel.cancelled(), if stop.is_none() => {
+                        stop = Some(Stop::Cancelled);
+                        drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                        self.cancel_backend(pid).await;
+                        continue;
+                    }
+                    // The next row (or the end, or an error) from the server.
+                    next = rows.next() => next,
+                };
+                match next {
+                    None => break,
+                    Some(Err(e)) if stop.is_some() => {
+                        tracing::debug!(error = %e, "stream ended by our cancel");
                         break;
                     }
-                    let next = tokio::select! {
-                        biased;
-                        // Cancel request from the client: stop the SQL on the server, then drain.
-                        _ = cancel.cancelled(), if stop.is_none() => {
-                            stop = Some(Stop::Cancelled);
-                            drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
-                            self.cancel_backend(pid).await;
-                            continue;
-                        }
-                        // The next row (or the end, or an error) from the server.
-                        next = rows.next() => next,
-                    };
-                    match next {
-                        None => break,
-                        Some(Err(e)) if stop.is_some() => {
-                            tracing::debug!(error = %e, "stream ended by our cancel");
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            failure = Some(Failure::from_sqlx(e));
-                            break;
-                        }
-                        Some(Ok(_)) if stop.is_some() => continue,
-                        Some(Ok(_)) if chunker.total_rows() >= options.max_rows => {
-                            stop = Some(Stop::Truncated);
-                            drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
-                            self.cancel_backend(pid).await;
-                        }
-                        Some(Ok(row)) => {
-                            let cells = decoders
-                                .iter()
-                                .enumerate()
-                                .map(|(i, d)| d.decode(&row, i))
-                                .collect::<Result<Vec<_>, _>>();
-                            let cells = match cells {
-                                Ok(c) => c,
-                                Err(e) => {
-                                    failure = Some(Failure::query(QueryErrorCode::Internal, e));
-                                    stop = Some(Stop::Cancelled);
-                                    drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
-                                    self.cancel_backend(pid).await;
-                                    continue;
-                                }
-                            };
-                            let row = shape_row(chunker.columns(), cells, chunker.row_format());
-                            if let Err(e) = chunker.push(row).await {
-                                failure = Some(e.into());
+                    Some(Err(e)) => {
+                        failure = Some(Failure::from_sqlx(e));
+                        break;
+                    }
+                    Some(Ok(_)) if stop.is_some() => continue,
+                    Some(Ok(_)) if chunker.total_rows() >= options.max_rows => {
+                        stop = Some(Stop::Truncated);
+                        drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                        self.cancel_backend(pid).await;
+                    }
+                    Some(Ok(row)) => {
+                        let cells = decoders
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| d.decode(&row, i))
+                            .collect::<Result<Vec<_>, _>>();
+                        let cells = match cells {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failure = Some(Failure::query(QueryErrorCode::Internal, e));
                                 stop = Some(Stop::Cancelled);
                                 drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                                 self.cancel_backend(pid).await;
+                                continue;
                             }
+                        };
+                        let row = shape_row(chunker.columns(), cells, chunker.row_format());
+                        if let Err(e) = chunker.push(row).await {
+                            failure = Some(e.into());
+                            stop = Some(Stop::Cancelled);
+                            drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
+                            self.cancel_backend(pid).await;
                         }
                     }
                 }
             }
-            if let Some(f) = failure {
-                return Err(f);
-            }
-            if matches!(stop, Some(Stop::Cancelled)) {
-                return Err(Failure::Cancelled);
-            }
-            let columns = chunker.columns().to_vec();
-            let (row_count, _) = chunker.finish().await?;
-            Ok(Completed {
-                row_count,
-                columns,
-                truncated: matches!(stop, Some(Stop::Truncated)),
-            })
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if matches!(stop, Some(Stop::Cancelled)) {
+            return Err(Failure::Cancelled);
+        }
+        let columns = chunker.columns().to_vec();
+        let (row_count, _) = chunker.finish().await?;
+        Ok(Completed {
+            row_count,
+            columns,
+            truncated: matches!(stop, Some(Stop::Truncated)),
         })
     }
 }
@@ -193,50 +189,37 @@ impl SqlEngine for PostgresEngine {
         sink: &mut EventSink,
         cancel: &CancellationToken,
     ) -> Result<Completed, Failure> {
-        self.run(job, options, sink, cancel).await
-    }
-}
-
-impl PostgresEngine {
-    /// One query in its own read-only transaction on a pooled connection.
-    fn run<'a>(
-        &'a self,
-        job: &'a Job,
-        options: &'a ResolvedOptions,
-        sink: &'a mut EventSink,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Completed, Failure>> {
-        Box::pin(async move {
-            let mut conn = self.pool.acquire().await.map_err(Failure::from_sqlx)?;
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(Failure::from_sqlx)?;
-            // Numbers only: safe to format into the statement.
-            let begin = format!(
-                "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
+        let mut conn = self.pool.acquire().await.map_err(Failure::from_sqlx)?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Failure::from_sqlx)?;
+        // Numbers only: safe to format into the statement.
+        let begin = format!(
+            "BEGIN READ ONLY; SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}; \
              SET LOCAL idle_in_transaction_session_timeout = {}",
-                options.timeout.as_millis(),
-                options.lock_timeout.as_millis(),
-                options.timeout.as_millis() + 5_000,
-            );
-            (&mut *conn)
-                .execute(begin.as_str())
-                .await
-                .map_err(Failure::from_sqlx)?;
-            let result = self
-                .stream(&mut conn, pid, job, options, sink, cancel)
-                .await;
-            // Nothing to keep: the transaction was read-only. A connection that cannot roll back is closed.
-            let clean = matches!(
-                &result,
-                Ok(_) | Err(Failure::Query(_)) | Err(Failure::Cancelled)
-            );
-            if !clean || (&mut *conn).execute("ROLLBACK").await.is_err() {
-                let _ = conn.close().await;
-            }
-            result
-        })
+            options.timeout.as_millis(),
+            options.lock_timeout.as_millis(),
+            options.timeout.as_millis() + 5_000,
+        );
+        (&mut *conn)
+            .execute(begin.as_str())
+            .await
+            .map_err(Failure::from_sqlx)?;
+        let result = self
+            .stream(&mut conn, pid, job, options, sink, cancel)
+            .await;
+        // Nothing to keep: the transaction was read-only. A connection in doubt (an internal error,
+        // a query that would not stop, a lost bus) or that cannot roll back is closed, not reused.
+        let clean = match &result {
+            Ok(_) | Err(Failure::Cancelled) => true,
+            Err(Failure::Query(detail)) => detail.code != QueryErrorCode::Internal,
+            Err(Failure::Bus(_)) => false,
+        };
+        if !clean || (&mut *conn).execute("ROLLBACK").await.is_err() {
+            let _ = conn.close().await;
+        }
+        result
     }
 }
 
@@ -268,31 +251,24 @@ fn bind_all(params: &[Param]) -> PgArguments {
 }
 
 /// The planner's row estimate (`EXPLAIN`, which does not run the query), or None if it cannot tell.
-fn estimate_rows<'a>(
-    conn: &'a mut sqlx::PgConnection,
-    sql: &'a str,
-    params: &'a [Param],
-) -> BoxFuture<'a, Option<u64>> {
-    Box::pin(async move {
-        // A savepoint keeps a failing EXPLAIN from aborting the query's transaction.
-        (&mut *conn).execute("SAVEPOINT c2s_estimate").await.ok()?;
-        let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-        let plan: Result<serde_json::Value, _> =
-            sqlx::query_scalar_with(&explain, bind_all(params))
-                .persistent(false)
-                .fetch_one(&mut *conn)
-                .await;
-        let release = if plan.is_ok() {
-            "RELEASE SAVEPOINT c2s_estimate"
-        } else {
-            "ROLLBACK TO SAVEPOINT c2s_estimate"
-        };
-        (&mut *conn).execute(release).await.ok()?;
-        plan.ok()?
-            .get(0)?
-            .get("Plan")?
-            .get("Plan Rows")?
-            .as_f64()
-            .map(|r| r.max(0.0) as u64)
-    })
+async fn estimate_rows(conn: &mut sqlx::PgConnection, sql: &str, params: &[Param]) -> Option<u64> {
+    // A savepoint keeps a failing EXPLAIN from aborting the query's transaction.
+    (&mut *conn).execute("SAVEPOINT c2s_estimate").await.ok()?;
+    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    let plan: Result<serde_json::Value, _> = sqlx::query_scalar_with(&explain, bind_all(params))
+        .persistent(false)
+        .fetch_one(&mut *conn)
+        .await;
+    let release = if plan.is_ok() {
+        "RELEASE SAVEPOINT c2s_estimate"
+    } else {
+        "ROLLBACK TO SAVEPOINT c2s_estimate"
+    };
+    (&mut *conn).execute(release).await.ok()?;
+    plan.ok()?
+        .get(0)?
+        .get("Plan")?
+        .get("Plan Rows")?
+        .as_f64()
+        .map(|r| r.max(0.0) as u64)
 }
