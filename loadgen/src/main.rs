@@ -1,0 +1,193 @@
+//! `loadgen`: drives a running gateway with real WebSocket clients and prints what it measured.
+//!
+//! Scenario `stream`: runs one query (default: 1M rows × 5 columns) `--runs` times and reports, per run,
+//! the time to ack, to `query_started`, to the first `data_chunk` (also measured from `query_started`),
+//! the total time, rows/s and MB/s received. It checks the row count and seq order, and asserts no timings.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Parser)]
+#[command(about = "Load generator for the Chat2SQL Realtime gateway")]
+struct Cli {
+    /// Gateway base URL, e.g. ws://127.0.0.1:8080
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Stream a large result end to end and measure rows/s and time to first chunk.
+    Stream {
+        /// The query to run.
+        #[arg(
+            long,
+            default_value = "SELECT g AS id, g * 2 AS doubled, md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
+        )]
+        query: String,
+        /// Rows per chunk.
+        #[arg(long, default_value_t = 5000)]
+        chunk_size: u32,
+        /// `objects` or `arrays`.
+        #[arg(long, default_value = "arrays")]
+        row_format: String,
+        /// Row cap asked for.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_rows: u64,
+        /// How many times to run it (one after the other).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// Give up on a run after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+}
+
+struct RunFigures {
+    ack: Duration,
+    started: Duration,
+    first_chunk: Duration,
+    first_chunk_after_started: Duration,
+    total: Duration,
+    rows: u64,
+    bytes: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Stream {
+            query,
+            chunk_size,
+            row_format,
+            max_rows,
+            runs,
+            timeout_secs,
+        } => {
+            let url = format!("{}/ws/query", cli.url.trim_end_matches('/'));
+            println!("scenario stream: {url}\nquery: {query}\nchunkSize {chunk_size}, rowFormat {row_format}, runs {runs}\n");
+            println!(
+                "{:>4} {:>9} {:>11} {:>13} {:>16} {:>10} {:>10} {:>12} {:>9}",
+                "run",
+                "ack ms",
+                "started ms",
+                "1st chunk ms",
+                "1st after start",
+                "total ms",
+                "rows",
+                "rows/s",
+                "MB/s"
+            );
+            let mut all = Vec::new();
+            for run in 1..=runs {
+                let options =
+                    json!({"chunkSize": chunk_size, "rowFormat": row_format, "maxRows": max_rows});
+                let f = tokio::time::timeout(
+                    Duration::from_secs(timeout_secs),
+                    stream_once(&url, &query, options),
+                )
+                .await
+                .context("run timed out")??;
+                println!(
+                    "{:>4} {:>9.1} {:>11.1} {:>13.1} {:>16.1} {:>10.0} {:>10} {:>12.0} {:>9.1}",
+                    run,
+                    ms(f.ack),
+                    ms(f.started),
+                    ms(f.first_chunk),
+                    ms(f.first_chunk_after_started),
+                    ms(f.total),
+                    f.rows,
+                    f.rows as f64 / f.total.as_secs_f64(),
+                    f.bytes as f64 / 1e6 / f.total.as_secs_f64()
+                );
+                all.push(f);
+            }
+            if let Some(best) = all
+                .iter()
+                .map(|f| f.rows as f64 / f.total.as_secs_f64())
+                .reduce(f64::max)
+            {
+                let mut firsts: Vec<f64> = all
+                    .iter()
+                    .map(|f| ms(f.first_chunk_after_started))
+                    .collect();
+                firsts.sort_by(f64::total_cmp);
+                println!(
+                    "\nbest rows/s: {best:.0}; median first chunk after query_started: {:.1} ms",
+                    firsts[firsts.len() / 2]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn stream_once(url: &str, query: &str, options: Value) -> anyhow::Result<RunFigures> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let t0 = Instant::now();
+    let frame = json!({"type": "execute_query", "payload": {"query": query, "options": options}});
+    ws.send(Message::text(frame.to_string())).await?;
+    let (mut ack, mut started, mut first_chunk) = (None, None, None);
+    let (mut rows, mut bytes, mut last_seq) = (0u64, 0u64, 0u64);
+    while let Some(msg) = ws.next().await {
+        let text = match msg? {
+            Message::Text(t) => t,
+            Message::Close(c) => bail!("closed by server: {c:?}"),
+            _ => continue,
+        };
+        bytes += text.len() as u64;
+        let v: Value = serde_json::from_str(&text)?;
+        if let Some(seq) = v["seq"].as_u64() {
+            if seq != last_seq + 1 {
+                bail!("seq gap: {last_seq} then {seq}");
+            }
+            last_seq = seq;
+        }
+        match v["type"].as_str().unwrap_or_default() {
+            "ack" => ack = Some(t0.elapsed()),
+            "query_started" => started = Some(t0.elapsed()),
+            "data_chunk" => {
+                first_chunk.get_or_insert(t0.elapsed());
+                rows += v["payload"]["data"]
+                    .as_array()
+                    .map_or(0, |a| a.len() as u64);
+            }
+            "query_completed" => {
+                let total = t0.elapsed();
+                let expected = v["payload"]["result"]["rowCount"].as_u64().unwrap_or(0);
+                if expected != rows {
+                    bail!("received {rows} rows, query_completed says {expected}");
+                }
+                let _ = ws.close(None).await;
+                let started = started.unwrap_or_default();
+                let first_chunk = first_chunk.unwrap_or(total);
+                return Ok(RunFigures {
+                    ack: ack.unwrap_or_default(),
+                    started,
+                    first_chunk,
+                    first_chunk_after_started: first_chunk.saturating_sub(started),
+                    total,
+                    rows,
+                    bytes,
+                });
+            }
+            "query_error" | "query_cancelled" | "error" => bail!("query failed: {text}"),
+            _ => {}
+        }
+    }
+    bail!("connection ended before query_completed")
+}
