@@ -1,0 +1,1 @@
+//! cross-process tests live in tests/

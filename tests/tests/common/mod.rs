@@ -1,0 +1,1916 @@
+//! Cross-process test harness: builds the `gateway` and `worker` binaries once per test process, starts
+//! clusters of real processes against the real Redis and PostgreSQL, and talks to them over WebSocket.
+//!
+//! - [`Cluster`] / [`Node`]: N gateways + M workers, a unique Redis key prefix and a unique PostgreSQL database
+//!   per test, logs under `target/test-logs/<test-name>/`, `node.kill()` for failover tests.
+//! - [`Client`]: a tokio-tungstenite client; every received frame is validated against the gateway's
+//!   `/schema` ("server" part) when the client was made by a cluster.
+//! - [`check_full_stream`]: the invariants every execution's event stream must satisfy.
+//!
+//! Environment knobs (all optional): `C2S_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`),
+//! `C2S_TEST_PG_URL` (server URL without database, default `postgres://postgres@127.0.0.1:5432`),
+//! `C2S_TEST_NO_BUILD=1` (use the binaries already in the target dir), `C2S_TEST_KEEP=1` (keep the test
+//! databases and Redis keys), `C2S_TEST_LOG=<filter>` (passed to the nodes as `C2S_LOG`).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Default wait for one frame (and for most other awaits).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to print its LISTENING / READY line.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on any single database or Redis call made by the harness itself.
+const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub const EVENT_TYPES: &[&str] = &[
+    "query_started",
+    "query_progress",
+    "data_stream_start",
+    "data_chunk",
+    "data_stream_complete",
+    "query_completed",
+    "query_error",
+    "query_cancelled",
+];
+pub const TERMINAL_TYPES: &[&str] = &["query_completed", "query_error", "query_cancelled"];
+
+// ---------------------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------------------
+
+pub fn redis_url() -> String {
+    std::env::var("C2S_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// PostgreSQL server URL without a database name.
+pub fn pg_server_url() -> String {
+    std::env::var("C2S_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn keep_artifacts() -> bool {
+    std::env::var("C2S_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() {
+                p
+            } else {
+                workspace_root().join(p)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Building the binaries (once per test process)
+// ---------------------------------------------------------------------------------------------------------
+
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub worker: PathBuf,
+}
+
+static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
+
+/// Builds `gateway` and `worker` once per test process (`cargo build --bins -p c2s-gateway -p c2s-worker`)
+/// and returns their paths; panics with cargo's stderr if the build fails.
+pub fn binaries() -> &'static Binaries {
+    match BINARIES.get_or_init(build_binaries) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_binaries() -> Result<Binaries, String> {
+    let root = workspace_root();
+    if std::env::var_os("C2S_TEST_NO_BUILD").is_none() {
+        let cargo = std::env::var_os("CARGO")
+            .map(PathBuf::from)
+            .or_else(|| option_env!("CARGO").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("cargo"));
+        let args = ["build", "--bins", "-p", "c2s-gateway", "-p", "c2s-worker"];
+        let out = std::process::Command::new(&cargo)
+            .args(args)
+            .current_dir(&root)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("could not run {} {}: {e}", cargo.display(), args.join(" ")))?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(format!(
+                "`cargo {}` failed ({}) in {}:\n{}",
+                args.join(" "),
+                out.status,
+                root.display(),
+                tail_chars(&stderr, 12_000)
+            ));
+        }
+    }
+    let dir = target_dir().join("debug");
+    let b = Binaries {
+        gateway: dir.join("gateway"),
+        worker: dir.join("worker"),
+    };
+    for p in [&b.gateway, &b.worker] {
+        if !p.is_file() {
+            return Err(format!(
+                "binary {} does not exist after the build",
+                p.display()
+            ));
+        }
+    }
+    Ok(b)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------------------
+
+fn tail_chars(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// A frame shortened for error messages.
+pub fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 400 {
+        s
+    } else {
+        let mut end = 400;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… ({} bytes)", &s[..end], s.len())
+    }
+}
+
+pub fn ty(f: &Value) -> &str {
+    f.get("type").and_then(Value::as_str).unwrap_or("<no type>")
+}
+
+pub fn exec_of(f: &Value) -> Option<&str> {
+    f.get("payload")?.get("executionId")?.as_str()
+}
+
+pub fn seq_of(f: &Value) -> u64 {
+    f.get("seq")
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("frame without integer `seq`: {}", short(f)))
+}
+
+pub fn is_event(f: &Value) -> bool {
+    EVENT_TYPES.contains(&ty(f))
+}
+
+pub fn is_event_of(f: &Value, exec: &str) -> bool {
+    is_event(f) && exec_of(f) == Some(exec)
+}
+
+pub fn is_terminal(f: &Value) -> bool {
+    TERMINAL_TYPES.contains(&ty(f))
+}
+
+pub fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(ty).collect()
+}
+
+/// Compact description of a frame list for assertion messages: `type#seq` of each (runs collapsed).
+pub fn describe(frames: &[Value]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let t = ty(&frames[i]);
+        let mut j = i + 1;
+        while j < frames.len() && ty(&frames[j]) == t {
+            j += 1;
+        }
+        let s = |f: &Value| {
+            f.get("seq")
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        if j - i == 1 {
+            out.push(format!("{t}#{}", s(&frames[i])));
+        } else {
+            out.push(format!(
+                "{t}#{}..{} (x{})",
+                s(&frames[i]),
+                s(&frames[j - 1]),
+                j - i
+            ));
+        }
+        i = j;
+    }
+    format!("[{}]", out.join(", "))
+}
+
+/// Runs a future to completion on a fresh runtime in its own thread (usable from `Drop`, even inside a
+/// runtime); gives up after the side-call timeout.
+fn run_detached<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(_) => return,
+        };
+        rt.block_on(async {
+            let _ = tokio::time::timeout(SIDE_CALL_TIMEOUT, fut).await;
+        });
+    });
+    let _ = handle.join();
+}
+
+/// A tiny HTTP/1.1 GET (no TLS, `Connection: close`); returns (status, body). Handles Content-Length,
+/// chunked and read-to-close bodies.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(DEFAULT_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("GET http://{addr}{path} timed out"))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path} failed: {e}"));
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "GET {path}: no end of headers in {:?}",
+                String::from_utf8_lossy(&buf)
+            )
+        });
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut body = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: bad status line {status_line:?}"));
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        body = dechunk(&body);
+    } else if let Some(len) = headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    if let Some(enc) = headers.get("content-encoding") {
+        assert!(
+            enc.eq_ignore_ascii_case("identity"),
+            "GET {path}: server used content-encoding {enc} although the request asked for none"
+        );
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_str = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_str:?}"));
+        data = &data[eol + 2..];
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[..size.min(data.len())]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Schema validation
+// ---------------------------------------------------------------------------------------------------------
+
+/// The gateway's `/schema` document, compiled.
+pub struct SchemaValidator {
+    pub document: Value,
+    server: jsonschema::Validator,
+    client: jsonschema::Validator,
+}
+
+impl SchemaValidator {
+    pub fn from_document(document: Value) -> SchemaValidator {
+        assert!(
+            document.get("title").is_some_and(Value::is_string),
+            "/schema must have a string `title`: {}",
+            short(&document)
+        );
+        let compile = |part: &str| {
+            let schema = document
+                .get(part)
+                .unwrap_or_else(|| panic!("/schema has no `{part}` member: {}", short(&document)));
+            assert!(
+                schema.is_object(),
+                "/schema `{part}` must be a JSON Schema object"
+            );
+            jsonschema::validator_for(schema)
+                .unwrap_or_else(|e| panic!("/schema `{part}` does not compile as JSON Schema: {e}"))
+        };
+        let server = compile("server");
+        let client = compile("client");
+        SchemaValidator {
+            document,
+            server,
+            client,
+        }
+    }
+
+    /// Fetches `GET /schema` from a gateway and compiles it.
+    pub async fn fetch(addr: SocketAddr) -> SchemaValidator {
+        let (status, body) = http_get(addr, "/schema").await;
+        assert_eq!(status, 200, "GET /schema answered {status}: {body}");
+        let doc: Value = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("GET /schema is not JSON ({e}): {}", tail_chars(&body, 500))
+        });
+        SchemaValidator::from_document(doc)
+    }
+
+    fn errors(v: &jsonschema::Validator, frame: &Value) -> Vec<String> {
+        v.iter_errors(frame)
+            .take(8)
+            .map(|e| format!("{e} (at `{}`)", e.instance_path))
+            .collect()
+    }
+
+    /// Panics unless `frame` is a valid server frame per `/schema`.
+    pub fn assert_valid(&self, frame: &Value) {
+        let errors = Self::errors(&self.server, frame);
+        assert!(
+            errors.is_empty(),
+            "server frame does not match the `server` schema of /schema:\n  {}\nframe: {}",
+            errors.join("\n  "),
+            short(frame)
+        );
+    }
+
+    /// Panics unless `frame` is a valid client frame per `/schema`.
+    pub fn assert_valid_client(&self, frame: &Value) {
+        let errors = Self::errors(&self.client, frame);
+        assert!(
+            errors.is_empty(),
+            "client frame does not match the `client` schema of /schema:\n  {}\nframe: {}",
+            errors.join("\n  "),
+            short(frame)
+        );
+    }
+
+    pub fn is_valid(&self, frame: &Value) -> bool {
+        self.server.is_valid(frame)
+    }
+
+    pub fn is_valid_client(&self, frame: &Value) -> bool {
+        self.client.is_valid(frame)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    Gateway,
+    Worker,
+}
+
+/// One running `gateway` or `worker` process.
+pub struct Node {
+    pub name: String,
+    pub kind: NodeKind,
+    /// The gateway's bound address (from its `LISTENING` line).
+    pub addr: Option<SocketAddr>,
+    /// Where the process's stderr goes.
+    pub log_path: PathBuf,
+    pub args: Vec<String>,
+    child: Child,
+}
+
+impl Node {
+    async fn spawn(kind: NodeKind, name: String, args: Vec<String>, log_dir: &Path) -> Node {
+        let name = name.as_str();
+        let bins = binaries();
+        let bin = match kind {
+            NodeKind::Gateway => &bins.gateway,
+            NodeKind::Worker => &bins.worker,
+        };
+        let log_path = log_dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let mut cmd = Command::new(bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        // Settings come from the flags only, never from the environment the tests happen to run in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("C2S_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("C2S_LOG_FORMAT", "text").env("NO_COLOR", "1");
+        if let Ok(filter) = std::env::var("C2S_TEST_LOG") {
+            cmd.env("C2S_LOG", filter);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", name, bin.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let want = match kind {
+            NodeKind::Gateway => "LISTENING ",
+            NodeKind::Worker => "READY ",
+        };
+        let mut other_stdout = Vec::new();
+        let waited = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(l)) if l.starts_with(want) => return Ok(l),
+                    Ok(Some(l)) => other_stdout.push(l),
+                    Ok(None) => return Err("stdout closed before the line was printed".to_string()),
+                    Err(e) => return Err(format!("reading stdout failed: {e}")),
+                }
+            }
+        })
+        .await;
+        let line = match waited {
+            Ok(Ok(line)) => line,
+            failure => {
+                let why = match failure {
+                    Err(_) => format!(
+                        "no `{}…` line on stdout within {STARTUP_TIMEOUT:?}",
+                        want.trim()
+                    ),
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                let _ = child.start_kill();
+                let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                panic!(
+                    "{name} ({} {}) did not start: {why}; exit: {status:?}\nother stdout: {other_stdout:?}\n\
+                     --- {} (tail) ---\n{}",
+                    bin.display(),
+                    args.join(" "),
+                    log_path.display(),
+                    read_tail(&log_path, 60)
+                );
+            }
+        };
+        let rest = line[want.len()..].trim().to_owned();
+        let addr =
+            match kind {
+                NodeKind::Gateway => Some(rest.parse::<SocketAddr>().unwrap_or_else(|e| {
+                    panic!("{name}: cannot parse the address in {line:?}: {e}")
+                })),
+                NodeKind::Worker => {
+                    if let Some(pos) = args.iter().position(|a| a == "--worker-id") {
+                        assert_eq!(
+                            rest,
+                            args[pos + 1],
+                            "{name}: READY line names another worker id: {line:?}"
+                        );
+                    }
+                    None
+                }
+            };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        let stdout_log = log_dir.join(format!("{name}.stdout.log"));
+        tokio::spawn(async move {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&stdout_log)
+                .ok();
+            if let Some(f) = f.as_mut() {
+                let _ = writeln!(f, "{line}");
+                for l in &other_stdout {
+                    let _ = writeln!(f, "{l}");
+                }
+            }
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(f) = f.as_mut() {
+                    let _ = writeln!(f, "{l}");
+                }
+            }
+        });
+        Node {
+            name: name.to_owned(),
+            kind,
+            addr,
+            log_path,
+            args,
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+            .unwrap_or_else(|| panic!("{} is not a gateway: it has no address", self.name))
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr(), path)
+    }
+
+    /// SIGKILL, then reap (bounded).
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not die within 10 s of SIGKILL", self.name))
+            .unwrap_or_else(|e| panic!("waiting for {} failed: {e}", self.name));
+    }
+
+    /// SIGTERM (graceful shutdown / drain); does not wait.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit; None on timeout.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        read_tail(&self.log_path, lines)
+    }
+}
+
+fn read_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let all: Vec<&str> = s.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-test database and Redis prefix
+// ---------------------------------------------------------------------------------------------------------
+
+/// A PostgreSQL database created for one test, dropped (best effort) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = format!("{}/postgres", pg_server_url());
+        let mut admin = pg_connect(&admin_url).await;
+        tokio::time::timeout(
+            SIDE_CALL_TIMEOUT,
+            sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut admin),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CREATE DATABASE {name} timed out"))
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+        let _ = admin.close().await;
+        TestDb {
+            url: format!("{}/{name}", pg_server_url()),
+            name,
+        }
+    }
+
+    /// A connection of the test's own to the test database.
+    pub async fn connect(&self) -> PgConnection {
+        pg_connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if keep_artifacts() {
+            eprintln!("C2S_TEST_KEEP: keeping database {}", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        let admin_url = format!("{}/postgres", pg_server_url());
+        run_detached(async move {
+            if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+                    .execute(&mut admin)
+                    .await;
+                let _ = admin.close().await;
+            }
+        });
+    }
+}
+
+pub async fn pg_connect(url: &str) -> PgConnection {
+    tokio::time::timeout(SIDE_CALL_TIMEOUT, PgConnection::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+        .unwrap_or_else(|e| panic!("connecting to {url} failed: {e}"))
+}
+
+/// Deletes every Redis key under the test's prefix when dropped (best effort).
+struct RedisPrefixGuard {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for RedisPrefixGuard {
+    fn drop(&mut self) {
+        if keep_artifacts() {
+            return;
+        }
+        let url = self.url.clone();
+        let pattern = format!("{}:*", self.prefix);
+        run_detached(async move {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return;
+            };
+            let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            let Ok(keys) = scan_keys(&mut con, &pattern).await else {
+                return;
+            };
+            for batch in keys.chunks(500) {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(batch).query_async(&mut con).await;
+            }
+        });
+    }
+}
+
+async fn scan_keys(
+    con: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(con)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------------------------------------
+
+pub struct ClusterBuilder {
+    name: String,
+    gateways: usize,
+    workers: usize,
+    embedded: bool,
+    database: Option<bool>,
+    gateway_args: Vec<String>,
+    worker_args: Vec<String>,
+}
+
+impl ClusterBuilder {
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// `gateway --embedded`: no Redis, no PostgreSQL, no worker processes.
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self.workers = 0;
+        self
+    }
+
+    /// Force creating (or not) the per-test database (default: when there are workers).
+    pub fn database(mut self, yes: bool) -> Self {
+        self.database = Some(yes);
+        self
+    }
+
+    /// Extra flags for every gateway.
+    pub fn gateway_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.gateway_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Extra flags for every worker.
+    pub fn worker_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.worker_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub async fn start(self) -> Cluster {
+        // Build first (blocking, once per process), so a build failure is reported as such.
+        let _ = binaries();
+        let log_dir = target_dir().join("test-logs").join(&self.name);
+        let _ = std::fs::remove_dir_all(&log_dir);
+        std::fs::create_dir_all(&log_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
+        let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let redis_guard = (!self.embedded).then(|| RedisPrefixGuard {
+            url: redis_url(),
+            prefix: prefix.clone(),
+        });
+        let db = if self.database.unwrap_or(self.workers > 0 && !self.embedded) {
+            Some(TestDb::create().await)
+        } else {
+            None
+        };
+        let mut cluster = Cluster {
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            name: self.name,
+            prefix,
+            embedded: self.embedded,
+            db,
+            schema: None,
+            log_dir,
+            gateway_args: self.gateway_args,
+            worker_args: self.worker_args,
+            next_gateway: 0,
+            next_worker: 0,
+            _redis_guard: redis_guard,
+        };
+        let worker_specs: Vec<(String, Vec<String>)> = (0..self.workers)
+            .map(|_| cluster.next_worker_spec(&[]))
+            .collect();
+        let gateway_specs: Vec<(String, Vec<String>)> = (0..self.gateways)
+            .map(|_| cluster.next_gateway_spec(&[]))
+            .collect();
+        let log_dir = cluster.log_dir.clone();
+        let workers = futures_util::future::join_all(
+            worker_specs
+                .into_iter()
+                .map(|(name, args)| Node::spawn(NodeKind::Worker, name, args, &log_dir)),
+        );
+        let gateways = futures_util::future::join_all(
+            gateway_specs
+                .into_iter()
+                .map(|(name, args)| Node::spawn(NodeKind::Gateway, name, args, &log_dir)),
+        );
+        let (workers, gateways) = tokio::join!(workers, gateways);
+        cluster.workers = workers;
+        cluster.gateways = gateways;
+        if let Some(gw) = cluster.gateways.first() {
+            cluster.schema = Some(Arc::new(SchemaValidator::fetch(gw.addr()).await));
+        }
+        cluster
+    }
+}
+
+/// N gateway and M worker processes sharing one Redis key prefix and one PostgreSQL database.
+pub struct Cluster {
+    // Declared first: dropped (SIGKILLed) before the database and the Redis keys are removed.
+    pub gateways: Vec<Node>,
+    pub workers: Vec<Node>,
+    pub name: String,
+    pub prefix: String,
+    pub embedded: bool,
+    pub db: Option<TestDb>,
+    schema: Option<Arc<SchemaValidator>>,
+    pub log_dir: PathBuf,
+    gateway_args: Vec<String>,
+    worker_args: Vec<String>,
+    next_gateway: usize,
+    next_worker: usize,
+    _redis_guard: Option<RedisPrefixGuard>,
+}
+
+impl Cluster {
+    pub fn builder(test_name: &str) -> ClusterBuilder {
+        ClusterBuilder {
+            name: test_name.to_owned(),
+            gateways: 1,
+            workers: 1,
+            embedded: false,
+            database: None,
+            gateway_args: Vec::new(),
+            worker_args: Vec::new(),
+        }
+    }
+
+    fn next_gateway_spec(&mut self, extra: &[&str]) -> (String, Vec<String>) {
+        let name = format!("gw-{}", self.next_gateway);
+        self.next_gateway += 1;
+        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1:0".into()];
+        if self.embedded {
+            args.push("--embedded".into());
+        } else {
+            args.extend([
+                "--redis-url".into(),
+                redis_url(),
+                "--key-prefix".into(),
+                self.prefix.clone(),
+            ]);
+        }
+        args.extend(["--node-id".into(), name.clone()]);
+        args.extend(self.gateway_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        (name, args)
+    }
+
+    fn next_worker_spec(&mut self, extra: &[&str]) -> (String, Vec<String>) {
+        let name = format!("w-{}", self.next_worker);
+        self.next_worker += 1;
+        let db_url = self
+            .db
+            .as_ref()
+            .map(|d| d.url.clone())
+            .expect("a worker needs the per-test database");
+        let mut args: Vec<String> = vec![
+            "--redis-url".into(),
+            redis_url(),
+            "--key-prefix".into(),
+            self.prefix.clone(),
+            "--database-url".into(),
+            db_url,
+            "--worker-id".into(),
+            name.clone(),
+        ];
+        args.extend(self.worker_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        (name, args)
+    }
+
+    /// Starts one more gateway (extra flags after the cluster's); returns its index.
+    pub async fn add_gateway(&mut self, extra: &[&str]) -> usize {
+        let (name, args) = self.next_gateway_spec(extra);
+        let node = Node::spawn(NodeKind::Gateway, name, args, &self.log_dir).await;
+        self.gateways.push(node);
+        if self.schema.is_none() {
+            self.schema = Some(Arc::new(
+                SchemaValidator::fetch(self.gateways[0].addr()).await,
+            ));
+        }
+        self.gateways.len() - 1
+    }
+
+    /// Starts one more worker (extra flags after the cluster's); returns its index.
+    pub async fn add_worker(&mut self, extra: &[&str]) -> usize {
+        let (name, args) = self.next_worker_spec(extra);
+        let node = Node::spawn(NodeKind::Worker, name, args, &self.log_dir).await;
+        self.workers.push(node);
+        self.workers.len() - 1
+    }
+
+    pub fn gateway(&self, i: usize) -> &Node {
+        &self.gateways[i]
+    }
+
+    pub fn schema(&self) -> Arc<SchemaValidator> {
+        self.schema
+            .clone()
+            .expect("the cluster has no gateway to fetch /schema from")
+    }
+
+    /// A WebSocket client on gateway `i`, validating every received frame against `/schema`.
+    pub async fn client(&self, i: usize, path: &str) -> Client {
+        let gw = &self.gateways[i];
+        let mut c = Client::connect(&gw.ws_url(path), Some(self.schema())).await;
+        c.label = format!("{}/{}{}", self.name, gw.name, path);
+        c
+    }
+
+    pub async fn query_client(&self, i: usize) -> Client {
+        self.client(i, "/ws/query").await
+    }
+
+    pub fn db(&self) -> &TestDb {
+        self.db.as_ref().expect("this cluster has no database")
+    }
+
+    /// A PostgreSQL connection of the test's own to the cluster's database.
+    pub async fn pg(&self) -> PgConnection {
+        self.db().connect().await
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        let url = redis_url();
+        let client = redis::Client::open(url.as_str()).expect("valid redis url");
+        tokio::time::timeout(SIDE_CALL_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .expect("connecting to Redis timed out")
+            .expect("connecting to Redis failed")
+    }
+
+    /// Every Redis key under this cluster's prefix.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let mut con = self.redis().await;
+        let pattern = format!("{}:*", self.prefix);
+        tokio::time::timeout(SIDE_CALL_TIMEOUT, scan_keys(&mut con, &pattern))
+            .await
+            .expect("SCAN timed out")
+            .expect("SCAN failed")
+    }
+
+    /// The execution ids that have state in Redis (`<prefix>:exec:<id>[:…]`, per shared/src/keys.rs).
+    pub async fn execution_ids_in_redis(&self) -> BTreeSet<String> {
+        let head = format!("{}:exec:", self.prefix);
+        self.redis_keys()
+            .await
+            .into_iter()
+            .filter_map(|k| {
+                k.strip_prefix(&head)
+                    .map(|rest| rest.split(':').next().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n==== test {} failed; node logs in {} (Redis prefix {}, database {:?})",
+                self.name,
+                self.log_dir.display(),
+                self.prefix,
+                self.db.as_ref().map(|d| d.name.as_str())
+            );
+            for node in self.gateways.iter().chain(&self.workers) {
+                eprintln!(
+                    "---- {} (tail of {}) ----\n{}",
+                    node.name,
+                    node.log_path.display(),
+                    node.log_tail(25)
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// PostgreSQL observation
+// ---------------------------------------------------------------------------------------------------------
+
+/// Active statements (other than our own) whose text contains `marker`.
+pub async fn active_queries_with(pg: &mut PgConnection, marker: &str) -> i64 {
+    tokio::time::timeout(
+        SIDE_CALL_TIMEOUT,
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND state = 'active' AND strpos(query, $1) > 0",
+        )
+        .bind(marker)
+        .fetch_one(pg),
+    )
+    .await
+    .expect("pg_stat_activity query timed out")
+    .expect("pg_stat_activity query failed")
+}
+
+/// Polls until the number of active statements containing `marker` satisfies `pred`; returns whether it
+/// did within `within`.
+pub async fn wait_active_count(
+    pg: &mut PgConnection,
+    marker: &str,
+    within: Duration,
+    pred: impl Fn(i64) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if pred(active_queries_with(pg, marker).await) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Samples the number of active statements containing `marker` for `during`; returns the maximum seen.
+pub async fn max_active_during(pg: &mut PgConnection, marker: &str, during: Duration) -> i64 {
+    let deadline = Instant::now() + during;
+    let mut max = 0;
+    loop {
+        max = max.max(active_queries_with(pg, marker).await);
+        if Instant::now() >= deadline {
+            return max;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// WebSocket client
+// ---------------------------------------------------------------------------------------------------------
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+enum Incoming {
+    Frame(Value),
+    Closed,
+    Timeout,
+}
+
+pub struct Client {
+    pub label: String,
+    ws: Ws,
+    validator: Option<Arc<SchemaValidator>>,
+    /// Frames read while looking for something else, handed out first by `recv_json`.
+    stash: VecDeque<Value>,
+    /// Short text of the last frames received, for error messages.
+    recent: VecDeque<String>,
+    close_code: Option<u16>,
+    close_error: Option<String>,
+    closed: bool,
+    /// Wait for one frame.
+    pub timeout: Duration,
+    /// Every frame received so far (validated), in order.
+    pub received: usize,
+}
+
+pub fn execute_query_frame(query: &str, options: Option<Value>, id: Option<&str>) -> Value {
+    let mut f = json!({"type": "execute_query", "payload": {"query": query}});
+    if let Some(o) = options {
+        f["payload"]["options"] = o;
+    }
+    if let Some(id) = id {
+        f["id"] = json!(id);
+    }
+    f
+}
+
+impl Client {
+    /// Connects; with a validator every received frame is checked against the server schema.
+    pub async fn connect(url: &str, validator: Option<Arc<SchemaValidator>>) -> Client {
+        let connected =
+            tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(url)).await;
+        let ws = match connected {
+            Err(_) => panic!("timed out connecting to {url}"),
+            Ok(Err(e)) => panic!("WebSocket connect to {url} failed: {e}"),
+            Ok(Ok((ws, _response))) => ws,
+        };
+        Client {
+            label: url.to_owned(),
+            ws,
+            validator,
+            stash: VecDeque::new(),
+            recent: VecDeque::new(),
+            close_code: None,
+            close_error: None,
+            closed: false,
+            timeout: DEFAULT_TIMEOUT,
+            received: 0,
+        }
+    }
+
+    fn recent_text(&self) -> String {
+        if self.recent.is_empty() {
+            return "(none)".into();
+        }
+        self.recent
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n    ")
+    }
+
+    fn closed_msg(&self, waiting_for: &str) -> String {
+        format!(
+            "{}: connection closed (close code {:?}, error {:?}) while waiting for {waiting_for}; last frames:\n    {}",
+            self.label,
+            self.close_code,
+            self.close_error,
+            self.recent_text()
+        )
+    }
+
+    fn timeout_msg(&self, waiting_for: &str, waited: Duration) -> String {
+        format!(
+            "{}: timed out after {waited:?} waiting for {waiting_for}; last frames received:\n    {}",
+            self.label,
+            self.recent_text()
+        )
+    }
+
+    async fn next_incoming(&mut self, deadline: Instant) -> Incoming {
+        loop {
+            if self.closed {
+                return Incoming::Closed;
+            }
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Incoming::Timeout,
+                Ok(None) => {
+                    self.closed = true;
+                    continue;
+                }
+                Ok(Some(Err(e))) => {
+                    self.closed = true;
+                    self.close_error = Some(e.to_string());
+                    continue;
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    let text: &str = t.as_str();
+                    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| {
+                        panic!(
+                            "{}: server sent a text frame that is not JSON ({e}): {}",
+                            self.label,
+                            tail_chars(text, 400)
+                        )
+                    });
+                    if let Some(val) = &self.validator {
+                        val.assert_valid(&v);
+                    }
+                    self.received += 1;
+                    self.recent.push_back(short(&v));
+                    if self.recent.len() > 6 {
+                        self.recent.pop_front();
+                    }
+                    return Incoming::Frame(v);
+                }
+                Message::Binary(b) => panic!(
+                    "{}: server sent a binary frame ({} bytes); the protocol is JSON text only",
+                    self.label,
+                    b.len()
+                ),
+                Message::Close(cf) => {
+                    self.close_code = Some(cf.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005));
+                    self.closed = true;
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// Sends raw text (for malformed frames).
+    pub async fn send_text(&mut self, text: &str) {
+        let sent = tokio::time::timeout(
+            DEFAULT_TIMEOUT,
+            self.ws.send(Message::text(text.to_owned())),
+        )
+        .await;
+        match sent {
+            Err(_) => panic!("{}: send timed out", self.label),
+            Ok(Err(e)) => panic!("{}: send failed: {e}", self.label),
+            Ok(Ok(())) => {}
+        }
+    }
+
+    /// Sends raw text; returns false instead of panicking if the connection is already gone (for frames
+    /// the server may refuse before reading them whole).
+    pub async fn send_text_lenient(&mut self, text: &str) -> bool {
+        matches!(
+            tokio::time::timeout(
+                DEFAULT_TIMEOUT,
+                self.ws.send(Message::text(text.to_owned()))
+            )
+            .await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The next frame (stashed first), waiting at most `self.timeout`.
+    pub async fn recv_json(&mut self) -> Value {
+        let d = self.timeout;
+        self.recv_json_timeout(d).await
+    }
+
+    pub async fn recv_json_timeout(&mut self, d: Duration) -> Value {
+        match self.try_recv_json(d).await {
+            Some(v) => v,
+            None => panic!("{}", self.timeout_msg("a frame", d)),
+        }
+    }
+
+    /// The next frame, or None if none arrives within `d`; panics if the connection closes.
+    pub async fn try_recv_json(&mut self, d: Duration) -> Option<Value> {
+        if let Some(v) = self.stash.pop_front() {
+            return Some(v);
+        }
+        match self.next_incoming(Instant::now() + d).await {
+            Incoming::Frame(v) => Some(v),
+            Incoming::Timeout => None,
+            Incoming::Closed => panic!("{}", self.closed_msg("a frame")),
+        }
+    }
+
+    /// Every frame up to and including the first one matching `pred` (each frame waited for at most
+    /// `self.timeout`).
+    pub async fn recv_until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        loop {
+            let f = match self.try_recv_json(self.timeout).await {
+                Some(f) => f,
+                None => panic!(
+                    "{}\n  (frames so far while waiting: {})",
+                    self.timeout_msg(what, self.timeout),
+                    describe(&out)
+                ),
+            };
+            let stop = pred(&f);
+            out.push(f);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    /// Everything that arrives within `d` (stashed frames first). Panics if the connection closes.
+    pub async fn collect_for(&mut self, d: Duration) -> Vec<Value> {
+        let mut out: Vec<Value> = self.stash.drain(..).collect();
+        let deadline = Instant::now() + d;
+        loop {
+            match self.next_incoming(deadline).await {
+                Incoming::Frame(f) => out.push(f),
+                Incoming::Timeout => return out,
+                Incoming::Closed => panic!("{}", self.closed_msg("frames during a quiet period")),
+            }
+        }
+    }
+
+    /// Events of `exec` up to and including the first one matching `pred`. Frames of other executions and
+    /// non-event frames are stashed for later. `total` bounds the whole wait (else each frame waits at most
+    /// `self.timeout`).
+    pub async fn recv_events_until(
+        &mut self,
+        exec: &str,
+        total: Option<Duration>,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::new();
+        let mut done = false;
+        while let Some(f) = self.stash.pop_front() {
+            if !done && is_event_of(&f, exec) {
+                done = pred(&f);
+                out.push(f);
+            } else {
+                keep.push_back(f);
+            }
+        }
+        self.stash = keep;
+        if done {
+            return out;
+        }
+        let start = Instant::now();
+        let overall = total.map(|d| start + d);
+        loop {
+            let per_frame = Instant::now() + self.timeout;
+            let deadline = overall.map_or(per_frame, |o| o.min(per_frame));
+            match self.next_incoming(deadline).await {
+                Incoming::Frame(f) if is_event_of(&f, exec) => {
+                    let stop = pred(&f);
+                    out.push(f);
+                    if stop {
+                        return out;
+                    }
+                }
+                Incoming::Frame(f) => self.stash.push_back(f),
+                Incoming::Timeout => panic!(
+                    "{}\n  events of {exec} so far: {}",
+                    self.timeout_msg(&format!("events of execution {exec}"), start.elapsed()),
+                    describe(&out)
+                ),
+                Incoming::Closed => panic!(
+                    "{}\n  events of {exec} so far: {}",
+                    self.closed_msg(&format!("events of execution {exec}")),
+                    describe(&out)
+                ),
+            }
+        }
+    }
+
+    /// Events of `exec` until (and including) its terminal event.
+    pub async fn collect_execution(&mut self, exec: &str) -> Vec<Value> {
+        self.recv_events_until(exec, None, is_terminal).await
+    }
+
+    /// Like `collect_execution`, but the terminal event must arrive within `total`.
+    pub async fn collect_execution_within(&mut self, exec: &str, total: Duration) -> Vec<Value> {
+        self.recv_events_until(exec, Some(total), is_terminal).await
+    }
+
+    /// Waits for the `ack` of client id `id` (or the next ack without an id). Non-ack frames are stashed;
+    /// an `error` frame panics.
+    pub async fn recv_ack(&mut self, id: Option<&str>) -> Value {
+        let matches =
+            |f: &Value| ty(f) == "ack" && f["payload"].get("id").and_then(Value::as_str) == id;
+        if let Some(pos) = self.stash.iter().position(matches) {
+            return self.stash.remove(pos).expect("position is in range");
+        }
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        loop {
+            match self.next_incoming(deadline).await {
+                Incoming::Frame(f) if matches(&f) => {
+                    let exec = exec_of(&f).unwrap_or("");
+                    assert!(
+                        !exec.is_empty(),
+                        "{}: ack of execute_query without a payload.executionId: {}",
+                        self.label,
+                        short(&f)
+                    );
+                    assert!(
+                        f.get("seq").is_none(),
+                        "an ack carries no seq: {}",
+                        short(&f)
+                    );
+                    return f;
+                }
+                Incoming::Frame(f) if ty(&f) == "error" || ty(&f) == "ack" => panic!(
+                    "{}: expected the ack of id {id:?}, got {}",
+                    self.label,
+                    short(&f)
+                ),
+                Incoming::Frame(f) => self.stash.push_back(f),
+                Incoming::Timeout => {
+                    panic!(
+                        "{}",
+                        self.timeout_msg(&format!("the ack of id {id:?}"), start.elapsed())
+                    )
+                }
+                Incoming::Closed => panic!("{}", self.closed_msg(&format!("the ack of id {id:?}"))),
+            }
+        }
+    }
+
+    /// Sends `execute_query`, waits for its ack, checks the ack came before any event of the execution and
+    /// is not a duplicate; returns the execution id.
+    pub async fn execute(
+        &mut self,
+        query: &str,
+        options: Option<Value>,
+        id: Option<&str>,
+    ) -> String {
+        self.send_json(execute_query_frame(query, options, id))
+            .await;
+        let ack = self.recv_ack(id).await;
+        assert!(
+            ack["payload"]
+                .get("duplicate")
+                .is_none_or(|d| d == &json!(false)),
+            "{}: the first ack of id {id:?} says duplicate: {}",
+            self.label,
+            short(&ack)
+        );
+        let exec = exec_of(&ack).expect("checked in recv_ack").to_owned();
+        if let Some(early) = self
+            .stash
+            .iter()
+            .find(|f| exec_of(f) == Some(exec.as_str()))
+        {
+            panic!(
+                "{}: an event of execution {exec} arrived before its ack: {}",
+                self.label,
+                short(early)
+            );
+        }
+        exec
+    }
+
+    pub async fn cancel(&mut self, exec: &str) {
+        self.send_json(json!({"type": "cancel_query", "payload": {"executionId": exec}}))
+            .await;
+    }
+
+    pub async fn resume(&mut self, exec: &str, after_seq: u64) {
+        self.send_json(
+            json!({"type": "resume", "payload": {"executionId": exec, "afterSeq": after_seq}}),
+        )
+        .await;
+    }
+
+    /// `subscribe` (for `/ws/data`); `after_seq` None leaves the field out.
+    pub async fn subscribe(&mut self, exec: &str, after_seq: Option<u64>) {
+        let mut payload = json!({"executionId": exec});
+        if let Some(s) = after_seq {
+            payload["afterSeq"] = json!(s);
+        }
+        self.send_json(json!({"type": "subscribe", "payload": payload}))
+            .await;
+    }
+
+    /// Waits for a `pong` echoing `ts` (execution events meanwhile are stashed; anything else panics).
+    pub async fn expect_pong(&mut self, ts: &Value) -> Value {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        loop {
+            let f = match self.stash.iter().position(|f| ty(f) == "pong") {
+                Some(pos) => self.stash.remove(pos).expect("in range"),
+                None => match self.next_incoming(deadline).await {
+                    Incoming::Frame(f) => f,
+                    Incoming::Timeout => {
+                        panic!("{}", self.timeout_msg("a pong", start.elapsed()))
+                    }
+                    Incoming::Closed => panic!("{}", self.closed_msg("a pong")),
+                },
+            };
+            match ty(&f) {
+                "pong" => {
+                    assert_eq!(
+                        f["payload"]["timestamp"],
+                        *ts,
+                        "{}: pong must echo the ping's timestamp: {}",
+                        self.label,
+                        short(&f)
+                    );
+                    assert!(
+                        f["payload"]["serverTime"]
+                            .as_i64()
+                            .is_some_and(|t| t > 1_600_000_000_000),
+                        "{}: pong.serverTime must be ms since the epoch: {}",
+                        self.label,
+                        short(&f)
+                    );
+                    return f;
+                }
+                _ if is_event(&f) => self.stash.push_back(f),
+                _ => panic!("{}: expected a pong, got {}", self.label, short(&f)),
+            }
+        }
+    }
+
+    /// `ping` with `payload.timestamp`, and its pong.
+    pub async fn ping(&mut self, ts: i64) -> Value {
+        self.send_json(json!({"type": "ping", "payload": {"timestamp": ts}}))
+            .await;
+        self.expect_pong(&json!(ts)).await
+    }
+
+    /// Reads until the server closes the connection; returns the close code (1005 when the close frame had
+    /// none). Text frames meanwhile are validated and ignored. Panics on timeout or on a connection that
+    /// ends without a close frame.
+    pub async fn expect_close(&mut self) -> u16 {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        loop {
+            match self.next_incoming(deadline).await {
+                Incoming::Frame(_) => {}
+                Incoming::Timeout => panic!(
+                    "{}",
+                    self.timeout_msg("the server's close frame", start.elapsed())
+                ),
+                Incoming::Closed => {
+                    return self.close_code.unwrap_or_else(|| {
+                        panic!(
+                            "{}: the connection ended without a close frame (error {:?})",
+                            self.label, self.close_error
+                        )
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// Frames read but not consumed yet.
+    pub fn stashed(&self) -> &VecDeque<Value> {
+        &self.stash
+    }
+
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ws.close(None)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Stream invariants
+// ---------------------------------------------------------------------------------------------------------
+
+/// What `check_full_stream` found in a complete event stream.
+#[derive(Debug)]
+pub struct StreamSummary {
+    pub terminal: Value,
+    pub started: bool,
+    pub start: Option<Value>,
+    pub complete: Option<Value>,
+    pub columns: Vec<Value>,
+    pub rows: Vec<Value>,
+    pub chunks: u64,
+    pub progress: Vec<u64>,
+}
+
+impl StreamSummary {
+    pub fn terminal_type(&self) -> &str {
+        ty(&self.terminal)
+    }
+
+    pub fn column_names(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect()
+    }
+}
+
+/// Checks the invariants of an execution's whole event stream (seq 1..N, one terminal event at the end,
+/// event order, progress, chunk numbering, row shapes, totals) and returns what it found.
+pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
+    let ctx = || format!("execution {exec}: {}", describe(frames));
+    assert!(!frames.is_empty(), "{}: no events", ctx());
+    let mut started = false;
+    let mut start: Option<Value> = None;
+    let mut complete: Option<Value> = None;
+    let mut columns: Vec<Value> = Vec::new();
+    let mut row_format = String::new();
+    let mut chunk_size: u64 = 0;
+    let mut rows: Vec<Value> = Vec::new();
+    let mut chunks: u64 = 0;
+    let mut last_chunk_len: Option<usize> = None;
+    let mut progress: Vec<u64> = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        let t = ty(f);
+        let p = &f["payload"];
+        assert!(
+            is_event(f),
+            "{}: frame {i} is not an event: {}",
+            ctx(),
+            short(f)
+        );
+        assert_eq!(
+            exec_of(f),
+            Some(exec),
+            "{}: frame {i} has another executionId",
+            ctx()
+        );
+        assert_eq!(
+            seq_of(f),
+            i as u64 + 1,
+            "{}: seq must run 1, 2, 3… without gaps; frame {i} is {}",
+            ctx(),
+            short(f)
+        );
+        assert!(
+            p["timestamp"]
+                .as_i64()
+                .is_some_and(|t| t > 1_600_000_000_000),
+            "{}: frame {i} needs payload.timestamp (ms since the epoch): {}",
+            ctx(),
+            short(f)
+        );
+        let last = i + 1 == frames.len();
+        assert_eq!(
+            is_terminal(f),
+            last,
+            "{}: exactly one terminal event, and it must be the last (frame {i} is {t})",
+            ctx()
+        );
+        match t {
+            "query_started" => {
+                assert_eq!(i, 0, "{}: query_started must be the first event", ctx());
+                started = true;
+            }
+            "query_progress" => {
+                assert!(
+                    complete.is_none(),
+                    "{}: query_progress after data_stream_complete",
+                    ctx()
+                );
+                let v = p["progress"].as_u64().unwrap_or_else(|| {
+                    panic!("{}: progress must be an integer: {}", ctx(), short(f))
+                });
+                assert!(v <= 100, "{}: progress {v} > 100", ctx());
+                if let Some(&prev) = progress.last() {
+                    assert!(
+                        v >= prev,
+                        "{}: progress went down from {prev} to {v}",
+                        ctx()
+                    );
+                }
+                assert!(
+                    p["step"].as_str().is_some_and(|s| !s.is_empty()),
+                    "{}: query_progress needs a step label: {}",
+                    ctx(),
+                    short(f)
+                );
+                progress.push(v);
+            }
+            "data_stream_start" => {
+                assert!(started, "{}: data_stream_start before query_started", ctx());
+                assert!(start.is_none(), "{}: second data_stream_start", ctx());
+                columns = p["columns"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{}: columns must be an array", ctx()))
+                    .clone();
+                for c in &columns {
+                    assert!(
+                        c["name"].is_string() && c["type"].is_string(),
+                        "{}: a column is {{name, type}}: {c}",
+                        ctx()
+                    );
+                }
+                row_format = p["rowFormat"].as_str().unwrap_or_default().to_owned();
+                assert!(
+                    row_format == "objects" || row_format == "arrays",
+                    "{}: rowFormat must be objects or arrays: {}",
+                    ctx(),
+                    short(f)
+                );
+                chunk_size = p["chunkSize"].as_u64().unwrap_or(0);
+                assert!(
+                    chunk_size > 0,
+                    "{}: chunkSize must be positive: {}",
+                    ctx(),
+                    short(f)
+                );
+                start = Some(f.clone());
+            }
+            "data_chunk" => {
+                assert!(
+                    start.is_some(),
+                    "{}: data_chunk before data_stream_start",
+                    ctx()
+                );
+                assert!(
+                    complete.is_none(),
+                    "{}: data_chunk after data_stream_complete",
+                    ctx()
+                );
+                assert_eq!(
+                    p["chunkIndex"].as_u64(),
+                    Some(chunks),
+                    "{}: chunkIndex must run 0, 1, 2…: {}",
+                    ctx(),
+                    short(f)
+                );
+                let data = p["data"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{}: data must be an array", ctx()));
+                assert!(!data.is_empty(), "{}: empty data_chunk {}", ctx(), short(f));
+                assert!(
+                    data.len() as u64 <= chunk_size,
+                    "{}: chunk {chunks} has {} rows > chunkSize {chunk_size}",
+                    ctx(),
+                    data.len()
+                );
+                if let Some(prev) = last_chunk_len {
+                    assert_eq!(
+                        prev as u64,
+                        chunk_size,
+                        "{}: only the last chunk may be shorter than chunkSize",
+                        ctx()
+                    );
+                }
+                last_chunk_len = Some(data.len());
+                for row in data {
+                    check_row_shape(row, &columns, &row_format, &ctx);
+                }
+                rows.extend(data.iter().cloned());
+                chunks += 1;
+            }
+            "data_stream_complete" => {
+                assert!(
+                    start.is_some(),
+                    "{}: data_stream_complete before data_stream_start",
+                    ctx()
+                );
+                assert!(complete.is_none(), "{}: second data_stream_complete", ctx());
+                assert_eq!(
+                    p["totalRows"].as_u64(),
+                    Some(rows.len() as u64),
+                    "{}: data_stream_complete.totalRows must equal the rows streamed",
+                    ctx()
+                );
+                assert_eq!(
+                    p["chunks"].as_u64(),
+                    Some(chunks),
+                    "{}: data_stream_complete.chunks must equal the data_chunks sent",
+                    ctx()
+                );
+                let announced = &start.as_ref().expect("checked")["payload"]["totalRows"];
+                assert!(
+                    announced.is_null() || announced.as_u64() == Some(rows.len() as u64),
+                    "{}: data_stream_start.totalRows {announced} is neither null nor the real count {}",
+                    ctx(),
+                    rows.len()
+                );
+                complete = Some(f.clone());
+            }
+            "query_completed" => {
+                assert!(started, "{}: query_completed without query_started", ctx());
+                assert!(
+                    complete.is_some(),
+                    "{}: query_completed without data_stream_complete",
+                    ctx()
+                );
+                let r = &p["result"];
+                assert_eq!(
+                    r["rowCount"].as_u64(),
+                    Some(rows.len() as u64),
+                    "{}: result.rowCount must equal the rows streamed",
+                    ctx()
+                );
+                assert_eq!(
+                    r["columns"],
+                    Value::Array(columns.clone()),
+                    "{}: result.columns must equal data_stream_start.columns",
+                    ctx()
+                );
+                assert!(
+                    r["durationMs"].is_u64(),
+                    "{}: result.durationMs: {}",
+                    ctx(),
+                    short(f)
+                );
+                assert!(
+                    r["truncated"].is_boolean(),
+                    "{}: result.truncated: {}",
+                    ctx(),
+                    short(f)
+                );
+            }
+            "query_error" => {
+                let e = &p["error"];
+                assert!(e["code"].is_string(), "{}: error.code: {}", ctx(), short(f));
+                assert!(
+                    e["message"].as_str().is_some_and(|m| !m.is_empty()),
+                    "{}: error.message must say what went wrong: {}",
+                    ctx(),
+                    short(f)
+                );
+            }
+            "query_cancelled" => {}
+            other => panic!("{}: unexpected event type {other}", ctx()),
+        }
+    }
+    StreamSummary {
+        terminal: frames.last().expect("non-empty").clone(),
+        started,
+        start,
+        complete,
+        columns,
+        rows,
+        chunks,
+        progress,
+    }
+}
+
+fn check_row_shape(row: &Value, columns: &[Value], format: &str, ctx: &dyn Fn() -> String) {
+    match format {
+        "arrays" => {
+            let a = row
+                .as_array()
+                .unwrap_or_else(|| panic!("{}: rowFormat arrays, but a row is {row}", ctx()));
+            assert_eq!(
+                a.len(),
+                columns.len(),
+                "{}: row {row} has the wrong arity",
+                ctx()
+            );
+        }
+        _ => {
+            let o = row
+                .as_object()
+                .unwrap_or_else(|| panic!("{}: rowFormat objects, but a row is {row}", ctx()));
+            for c in columns {
+                let name = c["name"].as_str().unwrap_or_default();
+                assert!(
+                    o.contains_key(name),
+                    "{}: row {row} lacks column {name}",
+                    ctx()
+                );
+            }
+            assert!(
+                o.len() <= columns.len(),
+                "{}: row {row} has extra keys",
+                ctx()
+            );
+        }
+    }
+}
+
+/// Asserts `got` are exactly `expected`, frame by frame (JSON equality), with a readable message.
+pub fn assert_same_frames(what: &str, got: &[Value], expected: &[Value]) {
+    let seqs = |fs: &[Value]| -> Vec<Option<u64>> {
+        fs.iter()
+            .map(|f| f.get("seq").and_then(Value::as_u64))
+            .collect()
+    };
+    assert_eq!(
+        seqs(got),
+        seqs(expected),
+        "{what}: the seqs differ\n  got:      {}\n  expected: {}",
+        describe(got),
+        describe(expected)
+    );
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!(
+            g == e,
+            "{what}: frame {i} (seq {:?}) differs\n  got:      {}\n  expected: {}",
+            g.get("seq"),
+            short(g),
+            short(e)
+        );
+    }
+}
+
+/// The current wall clock in ms since the epoch (to compare with server timestamps on this machine).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
