@@ -93,18 +93,15 @@ pub struct Application {
 
 impl Application {
     /// Must run inside an actix system.
-    pub fn build(cli: &Cli, backend: &Backend) -> anyhow::Result<Application> {
+    pub fn build(cli: &Cli, backend: &Backend, node_id: String) -> anyhow::Result<Application> {
         let listener =
             TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
-        let node_id = cli
-            .node_id
-            .clone()
-            .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let state = Arc::new(AppState {
             node_id,
             bus: backend.bus.clone(),
             ws: cli.ws.clone(),
+            collab: cli.collab.clone(),
             embedded: backend.embedded,
             started: Instant::now(),
         });
@@ -118,6 +115,7 @@ impl Application {
                 .service(http::index)
                 .service(ws::query)
                 .service(ws::data)
+                .service(ws::collaboration)
         })
         .shutdown_timeout(cli.ws.shutdown_grace_secs)
         .listen(listener)?
@@ -145,8 +143,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let backend = bus_runtime.block_on(Backend::start(&cli))?;
+    let node_id = cli
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    {
+        let _guard = bus_runtime.enter();
+        crate::presence::spawn(
+            backend.bus.clone(),
+            node_id.clone(),
+            Duration::from_millis(cli.collab.presence_heartbeat_ms.max(10)),
+            Duration::from_millis(cli.collab.presence_ttl_ms.max(10)),
+        );
+    }
     let served = actix_web::rt::System::new().block_on(async {
-        let app = Application::build(&cli, &backend)?;
+        let app = Application::build(&cli, &backend, node_id)?;
         // The one line on stdout: tools and tests wait for it to learn the port.
         println!("LISTENING {}", app.addr());
         tracing::info!(addr = %app.addr(), embedded = backend.embedded, "gateway listening");

@@ -32,6 +32,9 @@ pub struct Cli {
     pub ws: WsArgs,
 
     #[command(flatten)]
+    pub collab: CollabArgs,
+
+    #[command(flatten)]
     pub bus: BusArgs,
 
     #[command(flatten)]
@@ -86,6 +89,34 @@ pub struct WsArgs {
     /// Seconds the server waits for connections to finish at shutdown.
     #[arg(long, env = "C2S_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+}
+
+/// Collaboration sessions and presence.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CollabArgs {
+    /// A participant's cursor is broadcast at most once per this many ms (latest position wins).
+    #[arg(long, env = "C2S_CURSOR_INTERVAL_MS", default_value_t = 50)]
+    pub cursor_interval_ms: u64,
+
+    /// A gateway silent for this long (ms) is presumed dead and its participants leave (`node_lost`).
+    #[arg(long, env = "C2S_PRESENCE_TTL_MS", default_value_t = 10_000)]
+    pub presence_ttl_ms: u64,
+
+    /// How often (ms) a gateway marks itself alive and looks for dead ones.
+    #[arg(long, env = "C2S_PRESENCE_HEARTBEAT_MS", default_value_t = 2_000)]
+    pub presence_heartbeat_ms: u64,
+
+    /// Participants one session may have at once.
+    #[arg(long, env = "C2S_MAX_PARTICIPANTS", default_value_t = 200)]
+    pub max_participants: usize,
+
+    /// Longest chat message, in characters.
+    #[arg(long, env = "C2S_MAX_CHAT_LENGTH", default_value_t = 4_000)]
+    pub max_chat_length: usize,
+
+    /// Recent chat messages a joiner gets in `session_state`.
+    #[arg(long, env = "C2S_CHAT_HISTORY", default_value_t = 50)]
+    pub chat_history: usize,
 }
 
 impl WsArgs {

@@ -79,6 +79,18 @@ pub struct BusArgs {
     /// Messages buffered per channel per node for live subscribers; one further behind re-reads the stream.
     #[arg(long, env = "C2S_FANOUT_CAPACITY", default_value_t = 1024)]
     pub fanout_capacity: usize,
+
+    /// Seconds an idle collaboration session (query text, chat, events) is kept after its last event.
+    #[arg(long, env = "C2S_SESSION_TTL_SECS", default_value_t = 86_400)]
+    pub session_ttl_secs: u64,
+
+    /// Approximate cap on the events kept per collaboration session for resume.
+    #[arg(long, env = "C2S_SESSION_EVENT_MAX_LEN", default_value_t = 10_000)]
+    pub session_event_max_len: usize,
+
+    /// Approximate cap on the chat messages kept per session.
+    #[arg(long, env = "C2S_CHAT_MAX_LEN", default_value_t = 1_000)]
+    pub chat_max_len: usize,
 }
 
 impl BusArgs {
@@ -89,6 +101,9 @@ impl BusArgs {
             event_ttl: Duration::from_secs(self.event_ttl_secs),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
             fanout_capacity: self.fanout_capacity,
+            session_ttl: Duration::from_secs(self.session_ttl_secs),
+            session_event_max_len: self.session_event_max_len,
+            chat_max_len: self.chat_max_len,
         }
     }
 

@@ -45,6 +45,31 @@ impl Keys {
         format!("{}:cancel", self.prefix)
     }
 
+    /// Base of every key of a collaboration session: `<base>:seq`, `:events` (stream, entry id `<seq>-0`),
+    /// `:live` (channel), `:participants`, `:query`, `:cursors` (hashes), `:chat` (stream), `:chatid:<id>`.
+    /// The session scripts derive the rest from it.
+    pub fn session(&self, session_id: &str) -> String {
+        format!("{}:session:{session_id}", self.prefix)
+    }
+
+    pub fn session_events(&self, session_id: &str) -> String {
+        format!("{}:events", self.session(session_id))
+    }
+
+    pub fn session_channel(&self, session_id: &str) -> String {
+        format!("{}:live", self.session(session_id))
+    }
+
+    /// Sorted set of gateway nodes, scored by their last presence heartbeat (ms).
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Set of `<sessionId>\t<participantId>` connected through one node (reaped when the node dies).
+    pub fn node_participants(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}:participants", self.prefix)
+    }
+
     /// Idempotency record of a client message id, per user.
     pub fn idempotency(&self, user: &str, client_id: &str) -> String {
         format!("{}:idem:{user}:{client_id}", self.prefix)

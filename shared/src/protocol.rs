@@ -79,6 +79,38 @@ pub struct Ping {
     pub timestamp: Option<Value>,
 }
 
+/// `update_query` (collaboration): replace the shared query text. With `baseVersion`, only if the text is
+/// still at that version (optimistic concurrency); without it, last writer wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateQuery {
+    pub query: String,
+    #[serde(default)]
+    pub base_version: Option<u64>,
+}
+
+/// `move_cursor` (collaboration): any JSON the editor uses for a cursor or selection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveCursor {
+    pub cursor: Value,
+}
+
+/// A chat message as the client sends it; author and time are stamped by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutgoingChat {
+    /// Client-chosen message id (≤ 64 chars): a message re-sent with the same id is delivered once.
+    pub id: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SendChat {
+    pub message: OutgoingChat,
+}
+
 /// Every message a client may send, tagged by `type` with its body in `payload`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -88,6 +120,9 @@ pub enum ClientMessage {
     Resume(StreamFrom),
     Subscribe(StreamFrom),
     Ping(Ping),
+    UpdateQuery(UpdateQuery),
+    MoveCursor(MoveCursor),
+    ChatMessage(SendChat),
 }
 
 /// The `type` of every `ClientMessage` variant: tells an unknown type from a malformed known one.
@@ -97,6 +132,9 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "resume",
     "subscribe",
     "ping",
+    "update_query",
+    "move_cursor",
+    "chat_message",
 ];
 
 /// A decoded client frame: the message and the envelope fields that travel beside it.
@@ -247,6 +285,12 @@ pub struct ErrorBody {
     /// The `id` of the client frame this answers, if it had one.
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// `conflict` on `update_query`: the version the shared query is at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    /// `conflict` on `update_query`: the shared query text now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_query: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -372,6 +416,111 @@ pub struct QueryCancelled {
     pub timestamp: i64,
 }
 
+// ---- collaboration ----------------------------------------------------------------------------------------
+
+/// One person (one socket) in a collaboration session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Participant {
+    /// Unique per connection: `<userId>#<random>`.
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    /// The gateway node the participant is connected to.
+    pub node_id: String,
+    pub joined_at: i64,
+}
+
+/// A chat message as the server stamps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatEntry {
+    pub id: String,
+    pub content: String,
+    /// The author's participant id (from the connection's identity, never from the payload).
+    pub author_id: String,
+    pub author_name: String,
+    /// Server time, ms since the epoch.
+    pub timestamp: i64,
+}
+
+/// Sent to a participant when it joins: the session as of event `seq` (later events follow it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionState {
+    pub session_id: String,
+    /// This connection's participant id.
+    pub participant_id: String,
+    /// The session event this snapshot includes (its own `participant_joined`).
+    pub snapshot_seq: u64,
+    pub participants: Vec<Participant>,
+    pub current_query: String,
+    /// Participant id of the last `update_query`, if any.
+    pub query_author: Option<String>,
+    /// 0 before the first `update_query`.
+    pub query_version: u64,
+    /// Last known cursor of each participant, by participant id.
+    pub cursors: serde_json::Map<String, Value>,
+    /// Recent chat history, oldest first.
+    pub chat_messages: Vec<ChatEntry>,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantJoined {
+    pub session_id: String,
+    pub participant: Participant,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantLeft {
+    pub session_id: String,
+    pub participant_id: String,
+    /// `closed` (the socket closed) or `node_lost` (its gateway stopped answering and its presence expired).
+    pub reason: String,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryUpdated {
+    pub session_id: String,
+    pub query: String,
+    pub author_id: String,
+    pub version: u64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CursorMoved {
+    pub session_id: String,
+    pub participant_id: String,
+    pub cursor: Value,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatBroadcast {
+    pub session_id: String,
+    pub message: ChatEntry,
+}
+
+/// A query run inside a session: every participant now receives its execution's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedExecution {
+    pub session_id: String,
+    pub execution_id: String,
+    pub author_id: String,
+    pub query: String,
+    pub timestamp: i64,
+}
+
 /// Every message the server sends, tagged by `type` with its body in `payload`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -387,6 +536,13 @@ pub enum ServerMessage {
     QueryCompleted(QueryCompleted),
     QueryError(QueryError),
     QueryCancelled(QueryCancelled),
+    SessionState(SessionState),
+    ParticipantJoined(ParticipantJoined),
+    ParticipantLeft(ParticipantLeft),
+    QueryUpdated(QueryUpdated),
+    CursorMoved(CursorMoved),
+    ChatMessage(ChatBroadcast),
+    SharedExecution(SharedExecution),
 }
 
 impl ServerMessage {
@@ -405,6 +561,8 @@ impl ServerMessage {
             code,
             message: message.into(),
             reference,
+            current_version: None,
+            current_query: None,
         })
     }
 }
@@ -414,7 +572,8 @@ impl ServerMessage {
 pub struct ServerFrame {
     #[serde(flatten)]
     pub message: ServerMessage,
-    /// Per-stream sequence number (per execution), from 1 with no gaps: what a client resumes from.
+    /// Per-stream sequence number, from 1 with no gaps: per execution on execution events, per session
+    /// on session events. What a client resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -460,6 +619,9 @@ mod tests {
             r#"{"type":"resume","payload":{"executionId":"e","afterSeq":3}}"#,
             r#"{"type":"subscribe","payload":{"executionId":"e"}}"#,
             r#"{"type":"ping"}"#,
+            r#"{"type":"update_query","payload":{"query":"select 2","baseVersion":1}}"#,
+            r#"{"type":"move_cursor","payload":{"cursor":{"line":1,"ch":4}}}"#,
+            r#"{"type":"chat_message","payload":{"message":{"id":"m1","content":"hi","authorId":"spoofed"}}}"#,
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
         for s in samples {

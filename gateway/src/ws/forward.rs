@@ -1,5 +1,6 @@
-//! Following one execution for one client: replay its logged events after `afterSeq`, then relay the
-//! live ones, each exactly once and in `seq` order, until the terminal event.
+//! Following one numbered stream (an execution's events, or a collaboration session's) for one client:
+//! replay its logged events after `afterSeq`, then relay the live ones, each exactly once and in `seq`
+//! order, until the terminal event (executions) or until the client leaves (sessions).
 //!
 //! The live subscription is taken *before* the log is read, so nothing published in between is missed;
 //! events already sent are skipped by `seq`. A gap in the live feed (a lagging local broadcast, a pub/sub
@@ -10,18 +11,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription};
+use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic};
 use c2s_shared::codes::ErrorCode;
 use c2s_shared::protocol::{ServerFrame, ServerMessage};
+
+use super::session::Outbound;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
+/// How a session event announcing a shared execution starts: the session's participants then follow it.
+const SHARED_EXECUTION_PREFIX: &str = r#"{"type":"shared_execution","#;
+
 pub struct Forward {
     pub bus: Arc<dyn Bus>,
-    pub execution_id: String,
+    pub topic: Topic,
     pub subscription: Subscription,
     pub after_seq: u64,
-    pub out: mpsc::Sender<ByteString>,
+    pub out: mpsc::Sender<Outbound>,
     pub resync_interval: Duration,
     pub replay_batch: usize,
 }
@@ -35,16 +41,19 @@ enum Flow {
 impl Forward {
     pub async fn run(mut self) {
         if let Err(e) = self.relay().await {
-            tracing::warn!(execution_id = %self.execution_id, error = %e, "event stream interrupted");
+            tracing::warn!(topic = ?self.topic, error = %e, "event stream interrupted");
             let frame = ServerFrame::new(ServerMessage::error(
                 ErrorCode::Unavailable,
                 format!(
-                    "the event stream of execution {} was interrupted ({e}); resume with afterSeq {}",
-                    self.execution_id, self.after_seq
+                    "the event stream of {:?} was interrupted ({e}); resume with afterSeq {}",
+                    self.topic, self.after_seq
                 ),
                 None,
             ));
-            let _ = self.out.send(ByteString::from(frame.to_text())).await;
+            let _ = self
+                .out
+                .send(Outbound::Frame(ByteString::from(frame.to_text())))
+                .await;
         }
     }
 
@@ -82,7 +91,7 @@ impl Forward {
         loop {
             let events = self
                 .bus
-                .read_events(&self.execution_id, self.after_seq, self.replay_batch)
+                .read_events(&self.topic, self.after_seq, self.replay_batch)
                 .await?;
             if events.is_empty() {
                 return Ok(Flow::Continue);
@@ -105,8 +114,25 @@ impl Forward {
 
     async fn send(&mut self, event: BusEvent) -> Flow {
         self.after_seq = event.seq;
-        if self.out.send(event.frame).await.is_err() || event.terminal {
+        let shared = matches!(self.topic, Topic::Session(_))
+            && event.frame.starts_with(SHARED_EXECUTION_PREFIX);
+        let follow = if shared {
+            serde_json::from_str::<ServerFrame>(&event.frame)
+                .ok()
+                .and_then(|f| match f.message {
+                    ServerMessage::SharedExecution(s) => Some(s.execution_id),
+                    _ => None,
+                })
+        } else {
+            None
+        };
+        if self.out.send(Outbound::Frame(event.frame)).await.is_err() || event.terminal {
             return Flow::Done;
+        }
+        if let Some(execution_id) = follow {
+            if self.out.send(Outbound::Follow(execution_id)).await.is_err() {
+                return Flow::Done;
+            }
         }
         Flow::Continue
     }
@@ -115,13 +141,16 @@ impl Forward {
         let frame = ServerFrame::new(ServerMessage::error(
             ErrorCode::NotFound,
             format!(
-                "events {}..{} of execution {} are no longer retained; continuing at {next}",
+                "events {}..{} of {:?} are no longer retained; continuing at {next}",
                 self.after_seq + 1,
                 next - 1,
-                self.execution_id
+                self.topic
             ),
             None,
         ));
-        let _ = self.out.send(ByteString::from(frame.to_text())).await;
+        let _ = self
+            .out
+            .send(Outbound::Frame(ByteString::from(frame.to_text())))
+            .await;
     }
 }

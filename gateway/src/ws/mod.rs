@@ -1,14 +1,18 @@
 //! WebSocket endpoints. Each socket gets one session task (see [`session`]); what it may ask for
 //! depends on the endpoint.
 
+mod collab;
 mod forward;
 mod session;
 
 use std::sync::Arc;
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 
 use crate::state::AppState;
+pub use collab::participant_left_frame;
+use collab::{valid_session_id, CollabJoin, MAX_NAME_LEN};
 
 /// Which endpoint a socket came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub enum Endpoint {
     Query,
     /// `/ws/data`: follow the data stream of an execution started elsewhere.
     Data,
+    /// `/ws/collaboration/{sessionId}`: a shared query space.
+    Collaboration,
 }
 
 impl Endpoint {
@@ -24,6 +30,7 @@ impl Endpoint {
         match self {
             Endpoint::Query => "/ws/query",
             Endpoint::Data => "/ws/data",
+            Endpoint::Collaboration => "/ws/collaboration",
         }
     }
 }
@@ -34,10 +41,60 @@ fn upgrade(
     state: &web::Data<Arc<AppState>>,
     endpoint: Endpoint,
 ) -> actix_web::Result<HttpResponse> {
+    upgrade_into(req, body, state, endpoint, None)
+}
+
+fn upgrade_into(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &web::Data<Arc<AppState>>,
+    endpoint: Endpoint,
+    collab: Option<CollabJoin>,
+) -> actix_web::Result<HttpResponse> {
     let (response, ws, stream) = actix_ws::handle(req, body)?;
     let state = Arc::clone(state.get_ref());
-    actix_web::rt::spawn(session::run(state, endpoint, ws, stream));
+    actix_web::rt::spawn(session::run(state, endpoint, ws, stream, collab));
     Ok(response)
+}
+
+/// Query parameters of `/ws/collaboration/{sessionId}`. `user`/`name` are a development identity until
+/// token authentication replaces them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollabParams {
+    user: Option<String>,
+    name: Option<String>,
+    after_seq: Option<u64>,
+}
+
+#[get("/ws/collaboration/{session_id}")]
+pub async fn collaboration(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<Arc<AppState>>,
+    path: web::Path<String>,
+    params: web::Query<CollabParams>,
+) -> actix_web::Result<HttpResponse> {
+    let session_id = path.into_inner();
+    if !valid_session_id(&session_id) {
+        return Ok(HttpResponse::BadRequest().body(format!(
+            "session id must be 1 to {MAX_NAME_LEN} letters, digits, '_', '-' or '.'"
+        )));
+    }
+    let params = params.into_inner();
+    let user = params.user.unwrap_or_else(|| "anonymous".into());
+    let name = params.name.unwrap_or_else(|| user.clone());
+    if user.is_empty() || user.len() > MAX_NAME_LEN || name.len() > MAX_NAME_LEN {
+        return Ok(HttpResponse::BadRequest()
+            .body(format!("user and name must be 1 to {MAX_NAME_LEN} bytes")));
+    }
+    let join = CollabJoin {
+        session_id,
+        user,
+        name,
+        after_seq: params.after_seq,
+    };
+    upgrade_into(&req, body, &state, Endpoint::Collaboration, Some(join))
 }
 
 #[get("/ws/query")]

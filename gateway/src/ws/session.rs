@@ -1,5 +1,6 @@
-//! One task per socket: a `select!` over the client's frames, the events queued for it, and the
-//! heartbeat tick, until the client leaves, goes silent, or breaks a limit.
+//! One task per socket: a `select!` over the client's frames, the events queued for it, the heartbeat
+//! tick and (in a collaboration session) the cursor flush, until the client leaves, goes silent, or
+//! breaks a limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, MessageStream, ProtocolError};
 use bytestring::ByteString;
-use c2s_shared::bus::{BusEvent, CancelOutcome, Job};
+use c2s_shared::bus::{BusEvent, CancelOutcome, Job, Topic};
 use c2s_shared::codes::{close, ErrorCode};
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
@@ -17,6 +18,7 @@ use c2s_shared::protocol::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::collab::{CollabJoin, Member};
 use super::forward::Forward;
 use super::Endpoint;
 use crate::state::AppState;
@@ -24,27 +26,40 @@ use crate::state::AppState;
 /// The user behind an unauthenticated connection (authentication comes with JWT support).
 const ANONYMOUS: &str = "anonymous";
 
-/// A refusal to send back as an `error` frame; the connection stays open.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
+/// What the streams a socket follows hand to its session task.
+pub enum Outbound {
+    /// A frame to send as is.
+    Frame(ByteString),
+    /// A shared execution was announced in the collaboration session: follow it too.
+    Follow(String),
 }
 
-fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+/// A refusal to send back as an `error` frame; the connection stays open.
+pub(super) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For `conflict`: the shared query's current version and text.
+    pub current: Option<(u64, String)>,
+}
+
+pub(super) fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
         message: message.into(),
+        current: None,
     }
 }
 
-struct Session {
-    state: Arc<AppState>,
-    endpoint: Endpoint,
-    user: String,
-    ws: actix_ws::Session,
-    out: mpsc::Sender<ByteString>,
-    /// Executions this socket follows, by id.
-    streams: HashMap<String, JoinHandle<()>>,
+pub(super) struct Session {
+    pub state: Arc<AppState>,
+    pub endpoint: Endpoint,
+    pub user: String,
+    pub ws: actix_ws::Session,
+    pub out: mpsc::Sender<Outbound>,
+    /// Streams this socket follows.
+    pub streams: HashMap<Topic, JoinHandle<()>>,
+    /// This socket's place in a collaboration session.
+    pub member: Option<Member>,
 }
 
 pub async fn run(
@@ -52,26 +67,39 @@ pub async fn run(
     endpoint: Endpoint,
     ws: actix_ws::Session,
     stream: MessageStream,
+    collab: Option<CollabJoin>,
 ) {
     let limits = state.ws.clone();
     let mut frames = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
-    let (out, mut outbound) = mpsc::channel::<ByteString>(limits.outbound_queue.max(1));
+    let (out, mut outbound) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
     let mut session = Session {
         state,
         endpoint,
-        user: ANONYMOUS.to_owned(),
+        user: collab
+            .as_ref()
+            .map(|c| c.user.clone())
+            .unwrap_or_else(|| ANONYMOUS.to_owned()),
         ws,
         out,
         streams: HashMap::new(),
+        member: None,
     };
+    if let Some(join) = collab {
+        if let Err((refusal, close_code)) = session.join(join).await {
+            let _ = session.send_error(refusal, None).await;
+            let _ = session.ws.close(Some(close_reason(close_code))).await;
+            return;
+        }
+    }
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval());
     let mut last_heard = Instant::now();
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
 
     let reason: Option<CloseReason> = loop {
+        let cursor_due = session.member.as_ref().and_then(|m| m.cursor_due);
         tokio::select! {
             // A frame from the client.
             frame = frames.recv() => {
@@ -108,9 +136,26 @@ pub async fn run(
                 }
             }
             // An event for this client from one of its streams.
-            Some(text) = outbound.recv() => {
-                if session.ws.text(text).await.is_err() {
-                    break None;
+            Some(outbound) = outbound.recv() => match outbound {
+                Outbound::Frame(text) => {
+                    if session.ws.text(text).await.is_err() {
+                        break None;
+                    }
+                }
+                Outbound::Follow(execution_id) => {
+                    if let Err(refusal) = session.follow(Topic::Execution(execution_id), 0).await {
+                        if session.send_error(refusal, None).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            },
+            // This participant's coalesced cursor is due.
+            _ = tokio::time::sleep_until(cursor_due.unwrap_or_else(far_future).into()), if cursor_due.is_some() => {
+                if let Err(refusal) = session.flush_cursor().await {
+                    if session.send_error(refusal, None).await.is_err() {
+                        break None;
+                    }
                 }
             }
             // Heartbeat: ping the client, close it if it has been silent too long.
@@ -128,11 +173,18 @@ pub async fn run(
     for (_, task) in session.streams.drain() {
         task.abort();
     }
+    if session.member.is_some() {
+        session.leave().await;
+    }
     tracing::debug!(endpoint = endpoint.path(), ?reason, "socket closed");
     let _ = session.ws.close(reason).await;
 }
 
-fn close_reason(code: u16) -> CloseReason {
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400)
+}
+
+pub(super) fn close_reason(code: u16) -> CloseReason {
     CloseReason {
         code: CloseCode::from(code),
         description: Some(close::reason(code).into()),
@@ -140,21 +192,22 @@ fn close_reason(code: u16) -> CloseReason {
 }
 
 impl Session {
-    async fn send(&mut self, message: ServerMessage) -> Result<(), actix_ws::Closed> {
+    pub(super) async fn send(&mut self, message: ServerMessage) -> Result<(), actix_ws::Closed> {
         self.ws.text(ServerFrame::new(message).to_text()).await
     }
 
-    async fn send_error(
+    pub(super) async fn send_error(
         &mut self,
         refusal: Refusal,
         reference: Option<String>,
     ) -> Result<(), actix_ws::Closed> {
-        self.send(ServerMessage::error(
-            refusal.code,
-            refusal.message,
-            reference,
-        ))
-        .await
+        let mut message = ServerMessage::error(refusal.code, refusal.message, reference);
+        if let (ServerMessage::Error(body), Some((version, text))) = (&mut message, refusal.current)
+        {
+            body.current_version = Some(version);
+            body.current_query = Some(text);
+        }
+        self.send(message).await
     }
 
     /// Handles one text frame; `Err` only when the socket is gone.
@@ -186,8 +239,34 @@ impl Session {
                 timestamp: ping.timestamp,
                 server_time: now_ms(),
             }))),
-            (Endpoint::Query, ClientMessage::ExecuteQuery(request)) => {
+            (Endpoint::Query | Endpoint::Collaboration, ClientMessage::ExecuteQuery(request)) => {
                 self.execute(request, id, traceparent).await.map(Some)
+            }
+            (Endpoint::Collaboration, ClientMessage::UpdateQuery(update)) => {
+                self.update_query(update).await?;
+                Ok(id.map(|id| ack(Some(id), None)))
+            }
+            (Endpoint::Collaboration, ClientMessage::MoveCursor(moved)) => {
+                self.move_cursor(moved.cursor).await?;
+                Ok(None)
+            }
+            (Endpoint::Collaboration, ClientMessage::ChatMessage(chat)) => {
+                let fresh = self.chat(chat.message).await?;
+                Ok(id.map(|id| ServerMessage::Ack(Ack {
+                    id: Some(id),
+                    execution_id: None,
+                    duplicate: !fresh,
+                })))
+            }
+            (Endpoint::Query | Endpoint::Data, ClientMessage::UpdateQuery(_) | ClientMessage::MoveCursor(_) | ClientMessage::ChatMessage(_)) => {
+                Err(refuse(
+                    ErrorCode::UnknownType,
+                    "update_query, move_cursor and chat_message belong on /ws/collaboration/{sessionId}",
+                ))
+            }
+            (Endpoint::Collaboration, ClientMessage::CancelQuery(target)) => {
+                self.cancel(&target.execution_id).await?;
+                Ok(id.map(|id| ack(Some(id), Some(target.execution_id))))
             }
             (Endpoint::Query, ClientMessage::CancelQuery(target)) => {
                 self.cancel(&target.execution_id).await?;
@@ -252,14 +331,23 @@ impl Session {
             traceparent,
             enqueued_at_ms: now_ms(),
         };
-        // Subscribe before enqueueing: the first event cannot slip past.
-        let followed = self.follow(&execution_id, 0).await;
+        let topic = Topic::Execution(execution_id.clone());
+        // Subscribe before enqueueing: the first event cannot slip past. In a collaboration session every
+        // participant (this one too) follows it when the `shared_execution` event reaches them.
+        let followed = match self.member {
+            Some(_) => Ok(()),
+            None => self.follow(topic.clone(), 0).await,
+        };
         let enqueued = match followed {
             Ok(()) => bus.enqueue(&job).await.map_err(unavailable),
             Err(e) => Err(e),
         };
+        let enqueued = match (enqueued, &self.member) {
+            (Ok(()), Some(_)) => self.announce_execution(&job).await,
+            (other, _) => other,
+        };
         if let Err(refusal) = enqueued {
-            if let Some(task) = self.streams.remove(&execution_id) {
+            if let Some(task) = self.streams.remove(&topic) {
                 task.abort();
             }
             if let Some(client_id) = &client_id {
@@ -319,16 +407,16 @@ impl Session {
         if info.is_none() {
             return Err(not_found(&from.execution_id));
         }
-        if let Some(previous) = self.streams.remove(&from.execution_id) {
+        let topic = Topic::Execution(from.execution_id);
+        if let Some(previous) = self.streams.remove(&topic) {
             // A resume replaces what this socket was following of that execution.
             previous.abort();
         }
         self.check_stream_capacity()?;
-        self.follow(&from.execution_id, from.after_seq.unwrap_or(0))
-            .await
+        self.follow(topic, from.after_seq.unwrap_or(0)).await
     }
 
-    fn check_stream_capacity(&mut self) -> Result<(), Refusal> {
+    pub(super) fn check_stream_capacity(&mut self) -> Result<(), Refusal> {
         self.streams.retain(|_, task| !task.is_finished());
         let limit = self.state.ws.max_streams_per_connection;
         if self.streams.len() >= limit {
@@ -342,13 +430,16 @@ impl Session {
         Ok(())
     }
 
-    /// Subscribes to the execution's live events (before returning) and starts relaying them.
-    async fn follow(&mut self, execution_id: &str, after_seq: u64) -> Result<(), Refusal> {
+    /// Subscribes to the topic's live events (before returning) and starts relaying them.
+    pub(super) async fn follow(&mut self, topic: Topic, after_seq: u64) -> Result<(), Refusal> {
+        if self.streams.contains_key(&topic) {
+            return Ok(());
+        }
         let bus = self.state.bus.clone();
-        let subscription = bus.subscribe(execution_id).await.map_err(unavailable)?;
+        let subscription = bus.subscribe(&topic).await.map_err(unavailable)?;
         let forward = Forward {
             bus,
-            execution_id: execution_id.to_owned(),
+            topic: topic.clone(),
             subscription,
             after_seq,
             out: self.out.clone(),
@@ -356,7 +447,7 @@ impl Session {
             replay_batch: self.state.ws.replay_batch.max(1),
         };
         let task = actix_web::rt::spawn(forward.run());
-        self.streams.insert(execution_id.to_owned(), task);
+        self.streams.insert(topic, task);
         Ok(())
     }
 }
@@ -376,7 +467,7 @@ fn not_found(execution_id: &str) -> Refusal {
     )
 }
 
-fn unavailable(e: c2s_shared::bus::BusError) -> Refusal {
+pub(super) fn unavailable(e: c2s_shared::bus::BusError) -> Refusal {
     tracing::warn!(error = %e, "bus unavailable");
     refuse(
         ErrorCode::Unavailable,

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use super::hub::{Hub, Local, Subscription};
-use super::{Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job};
+use super::{
+    with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job,
+    JoinOutcome, JoinRequest, SessionSnapshot, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
+};
 use crate::keys::Keys;
 
 struct Execution {
@@ -21,8 +24,24 @@ struct Execution {
 }
 
 #[derive(Default)]
+struct Session {
+    seq: u64,
+    events: VecDeque<BusEvent>,
+    /// (participant id, participant JSON), in join order.
+    participants: Vec<(String, String)>,
+    query_text: String,
+    query_version: u64,
+    query_author: Option<String>,
+    cursors: HashMap<String, String>,
+    chat: VecDeque<String>,
+    chat_ids: HashMap<String, Instant>,
+    touched: Option<Instant>,
+}
+
+#[derive(Default)]
 struct State {
     executions: HashMap<String, Execution>,
+    sessions: HashMap<String, Session>,
     idempotency: HashMap<(String, String), (String, Instant)>,
     next_delivery: u64,
 }
@@ -54,11 +73,35 @@ impl MemoryBus {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Numbers `frame` with the session's next seq, logs it and publishes it (the Lua `append` twin).
+    fn session_append_locked(&self, session_id: &str, session: &mut Session, frame: &str) -> u64 {
+        session.seq += 1;
+        let event = BusEvent {
+            seq: session.seq,
+            terminal: false,
+            frame: with_seq(frame, session.seq).into(),
+        };
+        if session.events.len() >= self.settings.session_event_max_len.max(1) {
+            session.events.pop_front();
+        }
+        session.touched = Some(Instant::now());
+        self.hub.deliver(
+            &self.keys.session_channel(session_id),
+            Bytes::from(event.encode()),
+        );
+        session.events.push_back(event);
+        session.seq
+    }
+
     fn expire(&self, state: &mut State) {
         let ttl = self.settings.event_ttl;
         state.executions.retain(|_, e| e.touched.elapsed() < ttl);
         let ttl = self.settings.idempotency_ttl;
         state.idempotency.retain(|_, (_, at)| at.elapsed() < ttl);
+        let ttl = self.settings.session_ttl;
+        state
+            .sessions
+            .retain(|_, s| s.touched.is_none_or(|t| t.elapsed() < ttl));
     }
 }
 
@@ -150,16 +193,18 @@ impl Bus for MemoryBus {
 
     async fn read_events(
         &self,
-        execution_id: &str,
+        topic: &Topic,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<BusEvent>, BusError> {
         let state = self.state();
-        Ok(state
-            .executions
-            .get(execution_id)
-            .map(|e| {
-                e.events
+        let events = match topic {
+            Topic::Execution(id) => state.executions.get(id).map(|e| &e.events),
+            Topic::Session(id) => state.sessions.get(id).map(|s| &s.events),
+        };
+        Ok(events
+            .map(|events| {
+                events
                     .iter()
                     .filter(|ev| ev.seq > after_seq)
                     .take(limit)
@@ -169,10 +214,12 @@ impl Bus for MemoryBus {
             .unwrap_or_default())
     }
 
-    async fn subscribe(&self, execution_id: &str) -> Result<Subscription, BusError> {
-        self.hub
-            .subscribe(&self.keys.execution_channel(execution_id))
-            .await
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
+        let channel = match topic {
+            Topic::Execution(id) => self.keys.execution_channel(id),
+            Topic::Session(id) => self.keys.session_channel(id),
+        };
+        self.hub.subscribe(&channel).await
     }
 
     async fn next_job(
@@ -227,5 +274,146 @@ impl Bus for MemoryBus {
 
     async fn cancel_requests(&self) -> Result<Subscription, BusError> {
         self.hub.subscribe(&self.keys.cancel_channel()).await
+    }
+
+    async fn session_join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
+        let mut state = self.state();
+        self.expire(&mut state);
+        let session = state.sessions.entry(r.session_id.to_owned()).or_default();
+        if session.participants.len() >= r.max_participants {
+            return Ok(JoinOutcome::Full);
+        }
+        session
+            .participants
+            .push((r.participant_id.to_owned(), r.participant.to_owned()));
+        let seq = self.session_append_locked(r.session_id, session, r.joined_frame);
+        let skip = session.chat.len().saturating_sub(r.chat_history);
+        Ok(JoinOutcome::Joined(SessionSnapshot {
+            seq,
+            participants: session
+                .participants
+                .iter()
+                .map(|(_, p)| p.clone())
+                .collect(),
+            query_text: session.query_text.clone(),
+            query_version: session.query_version,
+            query_author: session.query_author.clone(),
+            cursors: session
+                .cursors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            chat: session.chat.iter().skip(skip).cloned().collect(),
+        }))
+    }
+
+    async fn session_leave(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        _node_id: &str,
+        left_frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let mut state = self.state();
+        let Some(session) = state.sessions.get_mut(session_id) else {
+            return Ok(None);
+        };
+        session.cursors.remove(participant_id);
+        let before = session.participants.len();
+        session.participants.retain(|(id, _)| id != participant_id);
+        if session.participants.len() == before {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.session_append_locked(session_id, session, left_frame),
+        ))
+    }
+
+    async fn session_update_query(
+        &self,
+        session_id: &str,
+        author_id: &str,
+        text: &str,
+        base_version: Option<u64>,
+        frame: &str,
+    ) -> Result<UpdateOutcome, BusError> {
+        let mut state = self.state();
+        let session = state.sessions.entry(session_id.to_owned()).or_default();
+        if base_version.is_some_and(|b| b != session.query_version) {
+            return Ok(UpdateOutcome::Conflict {
+                version: session.query_version,
+                text: session.query_text.clone(),
+            });
+        }
+        session.query_version += 1;
+        session.query_text = text.to_owned();
+        session.query_author = Some(author_id.to_owned());
+        let version = session.query_version;
+        let frame = frame.replacen(VERSION_PLACEHOLDER, &format!("\"version\":{version}"), 1);
+        let seq = self.session_append_locked(session_id, session, &frame);
+        Ok(UpdateOutcome::Applied { version, seq })
+    }
+
+    async fn session_cursor(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        cursor: &str,
+        frame: &str,
+    ) -> Result<u64, BusError> {
+        let mut state = self.state();
+        let session = state.sessions.entry(session_id.to_owned()).or_default();
+        session
+            .cursors
+            .insert(participant_id.to_owned(), cursor.to_owned());
+        Ok(self.session_append_locked(session_id, session, frame))
+    }
+
+    async fn session_chat(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        entry: &str,
+        frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let ttl = self.settings.idempotency_ttl;
+        let cap = self.settings.chat_max_len.max(1);
+        let mut state = self.state();
+        let session = state.sessions.entry(session_id.to_owned()).or_default();
+        session.chat_ids.retain(|_, at| at.elapsed() < ttl);
+        if session.chat_ids.contains_key(message_id) {
+            return Ok(None);
+        }
+        session
+            .chat_ids
+            .insert(message_id.to_owned(), Instant::now());
+        if session.chat.len() >= cap {
+            session.chat.pop_front();
+        }
+        session.chat.push_back(entry.to_owned());
+        Ok(Some(self.session_append_locked(session_id, session, frame)))
+    }
+
+    async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
+        let mut state = self.state();
+        let session = state.sessions.entry(session_id.to_owned()).or_default();
+        Ok(self.session_append_locked(session_id, session, frame))
+    }
+
+    // One process, one node: nobody else to watch.
+    async fn node_heartbeat(&self, _node_id: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn dead_nodes(&self, _ttl: Duration) -> Result<Vec<String>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn node_participants(&self, _node_id: &str) -> Result<Vec<(String, String)>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn forget_node(&self, _node_id: &str) -> Result<(), BusError> {
+        Ok(())
     }
 }

@@ -88,6 +88,80 @@ impl BusEvent {
     }
 }
 
+/// A stream of numbered events a client can follow: an execution's, or a collaboration session's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Execution(String),
+    Session(String),
+}
+
+impl Topic {
+    pub fn id(&self) -> &str {
+        match self {
+            Topic::Execution(id) | Topic::Session(id) => id,
+        }
+    }
+}
+
+/// Everything a participant's join needs, written atomically with its `participant_joined` event.
+#[derive(Debug, Clone)]
+pub struct JoinRequest<'a> {
+    pub session_id: &'a str,
+    pub participant_id: &'a str,
+    /// The participant as JSON (`protocol::Participant`).
+    pub participant: &'a str,
+    pub node_id: &'a str,
+    pub max_participants: usize,
+    /// The `participant_joined` frame, without `seq` (the bus numbers it).
+    pub joined_frame: &'a str,
+    /// How many recent chat messages the snapshot carries.
+    pub chat_history: usize,
+}
+
+/// The session as of the joiner's own `participant_joined` event (`seq`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionSnapshot {
+    pub seq: u64,
+    /// Participants as JSON, in no particular order.
+    pub participants: Vec<String>,
+    pub query_text: String,
+    pub query_version: u64,
+    pub query_author: Option<String>,
+    /// (participant id, cursor JSON).
+    pub cursors: Vec<(String, String)>,
+    /// Chat entries as JSON, oldest first.
+    pub chat: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinOutcome {
+    Joined(SessionSnapshot),
+    /// The session has `max_participants` already.
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    Applied {
+        version: u64,
+        seq: u64,
+    },
+    /// `baseVersion` was stale: the text is at `version` now.
+    Conflict {
+        version: u64,
+        text: String,
+    },
+}
+
+/// In a `query_updated` frame template, the version the bus fills in atomically with the update.
+pub const VERSION_PLACEHOLDER: &str = "\"version\":-1";
+
+/// Adds `"seq":N` as the last member of a JSON object frame (the frame was encoded without it).
+pub fn with_seq(frame: &str, seq: u64) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    format!("{body},\"seq\":{seq}}}")
+}
+
 /// What `cancel` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -120,6 +194,12 @@ pub struct BusSettings {
     pub idempotency_ttl: Duration,
     /// Capacity of each channel's local broadcast; a subscriber further behind re-reads the stream.
     pub fanout_capacity: usize,
+    /// How long an idle collaboration session (query, chat, events) is kept after its last event.
+    pub session_ttl: Duration,
+    /// Cap (approximate) of each session's event log.
+    pub session_event_max_len: usize,
+    /// Cap (approximate) of each session's chat history.
+    pub chat_max_len: usize,
 }
 
 impl Default for BusSettings {
@@ -130,6 +210,9 @@ impl Default for BusSettings {
             event_ttl: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(600),
             fanout_capacity: 1024,
+            session_ttl: Duration::from_secs(24 * 3600),
+            session_event_max_len: 10_000,
+            chat_max_len: 1_000,
         }
     }
 }
@@ -160,16 +243,16 @@ pub trait Bus: Send + Sync + 'static {
 
     async fn cancel(&self, execution_id: &str) -> Result<CancelOutcome, BusError>;
 
-    /// Events with `seq > after_seq`, oldest first, at most `limit`.
+    /// Events of `topic` with `seq > after_seq`, oldest first, at most `limit`.
     async fn read_events(
         &self,
-        execution_id: &str,
+        topic: &Topic,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<BusEvent>, BusError>;
 
-    /// Live events of an execution, from the moment this returns.
-    async fn subscribe(&self, execution_id: &str) -> Result<Subscription, BusError>;
+    /// Live events of `topic`, from the moment this returns.
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError>;
 
     // ---- worker side ------------------------------------------------------------------------------------
 
@@ -187,11 +270,82 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Cancel requests for running executions (payload: execution id), for workers.
     async fn cancel_requests(&self) -> Result<Subscription, BusError>;
+
+    // ---- collaboration sessions -------------------------------------------------------------------------
+    // Every session event is numbered by one per-session counter and appended to the session's log and
+    // live channel in the same atomic step as the state change it reports, so all nodes see one order.
+
+    /// Adds the participant (unless the session is full) and returns the snapshot including it.
+    async fn session_join(&self, request: JoinRequest<'_>) -> Result<JoinOutcome, BusError>;
+
+    /// Removes the participant; appends `left_frame` only if it was still there (so exactly once).
+    async fn session_leave(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        node_id: &str,
+        left_frame: &str,
+    ) -> Result<Option<u64>, BusError>;
+
+    /// Replaces the shared query text if `base_version` is current (or absent). `frame` contains
+    /// [`VERSION_PLACEHOLDER`], replaced by the new version.
+    async fn session_update_query(
+        &self,
+        session_id: &str,
+        author_id: &str,
+        text: &str,
+        base_version: Option<u64>,
+        frame: &str,
+    ) -> Result<UpdateOutcome, BusError>;
+
+    /// Records the participant's cursor and appends `frame` (`cursor_moved`).
+    async fn session_cursor(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        cursor: &str,
+        frame: &str,
+    ) -> Result<u64, BusError>;
+
+    /// Keeps the chat entry in the history and appends `frame`, unless `message_id` was seen before
+    /// (then None).
+    async fn session_chat(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        entry: &str,
+        frame: &str,
+    ) -> Result<Option<u64>, BusError>;
+
+    /// Appends any other session event (`shared_execution`).
+    async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError>;
+
+    // ---- presence of gateway nodes ------------------------------------------------------------------------
+
+    /// Marks `node_id` alive now.
+    async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError>;
+
+    /// Nodes whose last heartbeat is older than `ttl`.
+    async fn dead_nodes(&self, ttl: Duration) -> Result<Vec<String>, BusError>;
+
+    /// (session id, participant id) of every participant connected through `node_id`.
+    async fn node_participants(&self, node_id: &str) -> Result<Vec<(String, String)>, BusError>;
+
+    /// Forgets a dead node once its participants are reaped.
+    async fn forget_node(&self, node_id: &str) -> Result<(), BusError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_is_added_as_last_member() {
+        assert_eq!(
+            with_seq(r#"{"type":"x","payload":{}}"#, 7),
+            r#"{"type":"x","payload":{},"seq":7}"#
+        );
+    }
 
     #[test]
     fn event_round_trip() {

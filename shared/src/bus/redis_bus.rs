@@ -22,7 +22,10 @@ use redis::{AsyncConnectionConfig, Client, Script, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::hub::{Hub, Subscription, Upstream};
-use super::{Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job};
+use super::{
+    Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job, JoinOutcome,
+    JoinRequest, SessionSnapshot, Topic, UpdateOutcome,
+};
 use crate::keys::{Keys, WORKER_GROUP};
 
 /// How long one Redis command may take before it counts as failed (blocking reads excepted).
@@ -54,6 +57,91 @@ end
 return s
 "#;
 
+/// Shared by every session script: numbers a frame with the session's next seq, appends it to the log,
+/// publishes it live and refreshes the session's TTL. ARGV[1] = key base, ARGV[2] = log cap, ARGV[3] = TTL.
+const SESSION_APPEND_FN: &str = r#"
+local base, maxlen, ttl = ARGV[1], ARGV[2], ARGV[3]
+local function append(frame)
+  local seq = redis.call('INCR', base .. ':seq')
+  local full = string.sub(frame, 1, -2) .. ',"seq":' .. seq .. '}'
+  redis.call('XADD', base .. ':events', 'MAXLEN', '~', maxlen, seq .. '-0', 't', '0', 'f', full)
+  redis.call('PUBLISH', base .. ':live', seq .. ' 0 ' .. full)
+  for _, k in ipairs({':seq', ':events', ':participants', ':query', ':cursors', ':chat'}) do
+    redis.call('EXPIRE', base .. k, ttl)
+  end
+  return seq
+end
+"#;
+
+/// ARGV[4] participant id, [5] participant JSON, [6] max participants, [7] joined frame,
+/// [8] node participants key, [9] its member, [10] chat history size.
+const SESSION_JOIN: &str = r#"
+if redis.call('HLEN', base .. ':participants') >= tonumber(ARGV[6]) then return {0} end
+redis.call('HSET', base .. ':participants', ARGV[4], ARGV[5])
+redis.call('SADD', ARGV[8], ARGV[9])
+local seq = append(ARGV[7])
+local q = redis.call('HMGET', base .. ':query', 'text', 'version', 'author')
+local chat = {}
+if tonumber(ARGV[10]) > 0 then
+  local recent = redis.call('XREVRANGE', base .. ':chat', '+', '-', 'COUNT', ARGV[10])
+  for i = #recent, 1, -1 do table.insert(chat, recent[i][2][2]) end
+end
+return {1, seq, redis.call('HVALS', base .. ':participants'), q[1] or '', q[2] or '0', q[3] or '',
+        redis.call('HGETALL', base .. ':cursors'), chat}
+"#;
+
+/// ARGV[4] participant id, [5] left frame, [6] node participants key, [7] its member.
+const SESSION_LEAVE: &str = r#"
+redis.call('SREM', ARGV[6], ARGV[7])
+redis.call('HDEL', base .. ':cursors', ARGV[4])
+if redis.call('HDEL', base .. ':participants', ARGV[4]) == 1 then return append(ARGV[5]) end
+return 0
+"#;
+
+/// ARGV[4] text, [5] author, [6] base version or '', [7] frame with the version placeholder.
+const SESSION_UPDATE_QUERY: &str = r#"
+local current = tonumber(redis.call('HGET', base .. ':query', 'version') or '0')
+if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= current then
+  return {0, current, redis.call('HGET', base .. ':query', 'text') or ''}
+end
+local version = current + 1
+redis.call('HSET', base .. ':query', 'text', ARGV[4], 'version', version, 'author', ARGV[5])
+local s, e = string.find(ARGV[7], '"version":-1', 1, true)
+local frame = string.sub(ARGV[7], 1, s - 1) .. '"version":' .. version .. string.sub(ARGV[7], e + 1)
+return {1, version, append(frame)}
+"#;
+
+/// ARGV[4] participant id, [5] cursor JSON, [6] frame.
+const SESSION_CURSOR: &str = r#"
+redis.call('HSET', base .. ':cursors', ARGV[4], ARGV[5])
+return append(ARGV[6])
+"#;
+
+/// ARGV[4] message id, [5] entry JSON, [6] frame, [7] chat cap, [8] dedup TTL.
+const SESSION_CHAT: &str = r#"
+if not redis.call('SET', base .. ':chatid:' .. ARGV[4], '1', 'NX', 'EX', ARGV[8]) then return 0 end
+redis.call('XADD', base .. ':chat', 'MAXLEN', '~', ARGV[7], '*', 'm', ARGV[5])
+return append(ARGV[6])
+"#;
+
+/// ARGV[4] frame.
+const SESSION_APPEND: &str = r#"
+return append(ARGV[4])
+"#;
+
+fn session_script(body: &str) -> Script {
+    Script::new(&format!("{SESSION_APPEND_FN}{body}"))
+}
+
+struct SessionScripts {
+    join: Script,
+    leave: Script,
+    update_query: Script,
+    cursor: Script,
+    chat: Script,
+    append: Script,
+}
+
 pub struct RedisBus {
     client: Client,
     settings: BusSettings,
@@ -64,6 +152,7 @@ pub struct RedisBus {
     hub: Hub,
     try_start: Script,
     cancel: Script,
+    session: SessionScripts,
 }
 
 /// The hub's upstream: the sink half of the current pub/sub connection (None while reconnecting).
@@ -126,6 +215,14 @@ impl RedisBus {
             hub,
             try_start: Script::new(TRY_START),
             cancel: Script::new(CANCEL),
+            session: SessionScripts {
+                join: session_script(SESSION_JOIN),
+                leave: session_script(SESSION_LEAVE),
+                update_query: session_script(SESSION_UPDATE_QUERY),
+                cursor: session_script(SESSION_CURSOR),
+                chat: session_script(SESSION_CHAT),
+                append: session_script(SESSION_APPEND),
+            },
         };
         bus.ensure_group().await?;
         Ok(Arc::new(bus))
@@ -146,6 +243,23 @@ impl RedisBus {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             other => Ok(other?),
         }
+    }
+
+    /// Starts a session script invocation with the common ARGV (base, log cap, TTL).
+    fn session_call<'a>(
+        &self,
+        script: &'a Script,
+        session_id: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.arg(self.keys.session(session_id))
+            .arg(self.settings.session_event_max_len)
+            .arg(self.settings.session_ttl.as_secs());
+        call
+    }
+
+    fn node_member(session_id: &str, participant_id: &str) -> String {
+        format!("{session_id}\t{participant_id}")
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection, BusError> {
@@ -312,13 +426,17 @@ impl Bus for RedisBus {
 
     async fn read_events(
         &self,
-        execution_id: &str,
+        topic: &Topic,
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<BusEvent>, BusError> {
+        let key = match topic {
+            Topic::Execution(id) => self.keys.execution_events(id),
+            Topic::Session(id) => self.keys.session_events(id),
+        };
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(self.keys.execution_events(execution_id))
+            .arg(key)
             .arg(format!("{}-0", after_seq + 1))
             .arg("+")
             .arg("COUNT")
@@ -350,10 +468,12 @@ impl Bus for RedisBus {
             .collect()
     }
 
-    async fn subscribe(&self, execution_id: &str) -> Result<Subscription, BusError> {
-        self.hub
-            .subscribe(&self.keys.execution_channel(execution_id))
-            .await
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
+        let channel = match topic {
+            Topic::Execution(id) => self.keys.execution_channel(id),
+            Topic::Session(id) => self.keys.session_channel(id),
+        };
+        self.hub.subscribe(&channel).await
     }
 
     async fn next_job(
@@ -494,4 +614,210 @@ impl Bus for RedisBus {
     async fn cancel_requests(&self) -> Result<Subscription, BusError> {
         self.hub.subscribe(&self.keys.cancel_channel()).await
     }
+
+    async fn session_join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .session_call(&self.session.join, r.session_id)
+            .arg(r.participant_id)
+            .arg(r.participant)
+            .arg(r.max_participants)
+            .arg(r.joined_frame)
+            .arg(self.keys.node_participants(r.node_id))
+            .arg(Self::node_member(r.session_id, r.participant_id))
+            .arg(r.chat_history)
+            .invoke_async(&mut conn)
+            .await?;
+        parse_join(reply)
+    }
+
+    async fn session_leave(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        node_id: &str,
+        left_frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .session_call(&self.session.leave, session_id)
+            .arg(participant_id)
+            .arg(left_frame)
+            .arg(self.keys.node_participants(node_id))
+            .arg(Self::node_member(session_id, participant_id))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    async fn session_update_query(
+        &self,
+        session_id: &str,
+        author_id: &str,
+        text: &str,
+        base_version: Option<u64>,
+        frame: &str,
+    ) -> Result<UpdateOutcome, BusError> {
+        let mut conn = self.conn.clone();
+        let (applied, version, third): (i64, u64, Value) = self
+            .session_call(&self.session.update_query, session_id)
+            .arg(text)
+            .arg(author_id)
+            .arg(base_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if applied == 1 {
+            UpdateOutcome::Applied {
+                version,
+                seq: redis::from_redis_value(third)
+                    .map_err(|e| BusError::Malformed(e.to_string()))?,
+            }
+        } else {
+            UpdateOutcome::Conflict {
+                version,
+                text: redis::from_redis_value(third)
+                    .map_err(|e| BusError::Malformed(e.to_string()))?,
+            }
+        })
+    }
+
+    async fn session_cursor(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        cursor: &str,
+        frame: &str,
+    ) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .session_call(&self.session.cursor, session_id)
+            .arg(participant_id)
+            .arg(cursor)
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn session_chat(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        entry: &str,
+        frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .session_call(&self.session.chat, session_id)
+            .arg(message_id)
+            .arg(entry)
+            .arg(frame)
+            .arg(self.settings.chat_max_len)
+            .arg(self.settings.idempotency_ttl.as_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        Ok(self
+            .session_call(&self.session.append, session_id)
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg(crate::now_ms())
+            .arg(node_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_nodes(&self, ttl: Duration) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        let cutoff = crate::now_ms() - ttl.as_millis() as i64;
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.nodes())
+            .arg("-inf")
+            .arg(cutoff)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    async fn node_participants(&self, node_id: &str) -> Result<Vec<(String, String)>, BusError> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_participants(node_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|m| {
+                m.split_once('\t')
+                    .map(|(s, p)| (s.to_owned(), p.to_owned()))
+            })
+            .collect())
+    }
+
+    async fn forget_node(&self, node_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("DEL")
+            .arg(self.keys.node_participants(node_id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.nodes())
+            .arg(node_id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Reads the join script's reply: `{0}` (full) or
+/// `{1, seq, participants, text, version, author, cursors (flat pairs), chat}`.
+fn parse_join(reply: Value) -> Result<JoinOutcome, BusError> {
+    let bad = |what: &str| BusError::Malformed(format!("session join reply: {what}"));
+    let Value::Array(items) = reply else {
+        return Err(bad("not an array"));
+    };
+    let text = |v: &Value| -> Result<String, BusError> {
+        redis::from_redis_value::<String>(v.clone()).map_err(|e| bad(&e.to_string()))
+    };
+    let number = |v: &Value| -> Result<u64, BusError> {
+        redis::from_redis_value::<u64>(v.clone()).map_err(|e| bad(&e.to_string()))
+    };
+    let list = |v: &Value| -> Result<Vec<String>, BusError> {
+        redis::from_redis_value::<Vec<String>>(v.clone()).map_err(|e| bad(&e.to_string()))
+    };
+    match items.first().map(number).transpose()? {
+        Some(0) => return Ok(JoinOutcome::Full),
+        Some(1) if items.len() == 8 => {}
+        _ => return Err(bad("unexpected shape")),
+    }
+    let author = text(&items[5])?;
+    let flat_cursors = list(&items[6])?;
+    let cursors = flat_cursors
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [id, cursor] => Some((id.clone(), cursor.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(JoinOutcome::Joined(SessionSnapshot {
+        seq: number(&items[1])?,
+        participants: list(&items[2])?,
+        query_text: text(&items[3])?,
+        query_version: number(&items[4])?,
+        query_author: (!author.is_empty()).then_some(author),
+        cursors,
+        chat: list(&items[7])?,
+    }))
 }
