@@ -1,4 +1,9 @@
-//! `loadgen`: drives a running gateway with real WebSocket clients and prints what it measured.
+//! `loadgen`: drives running gateways with real WebSocket clients and prints what it measured.
+//!
+//! Scenario `fanout`: `--participants` clients spread over `--sessions` collaboration sessions and over the
+//! given gateways send chat messages at `--rate` messages/s in total for `--seconds`; every receiver
+//! measures send-to-receive latency (the sender's clock: all clients live in this process). Prints
+//! p50/p90/p99/p99.9/max and delivered messages/s, and checks nothing was lost.
 //!
 //! Scenario `stream`: runs one query (default: 1M rows × 5 columns) `--runs` times and reports, per run,
 //! the time to ack, to `query_started`, to the first `data_chunk` (also measured from `query_started`),
@@ -24,6 +29,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Collaboration fan-out: chat latency across gateway nodes.
+    Fanout {
+        /// Gateways to spread the participants over (comma-separated base URLs); default: --url.
+        #[arg(long, value_delimiter = ',')]
+        gateways: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        participants: usize,
+        #[arg(long, default_value_t = 1)]
+        sessions: usize,
+        /// Chat messages per second, all senders together.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Stream a large result end to end and measure rows/s and time to first chunk.
     Stream {
         /// The query to run.
@@ -64,6 +84,20 @@ struct RunFigures {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
+        Scenario::Fanout {
+            gateways,
+            participants,
+            sessions,
+            rate,
+            seconds,
+        } => {
+            let gateways = if gateways.is_empty() {
+                vec![cli.url.clone()]
+            } else {
+                gateways
+            };
+            fanout::run(&gateways, participants, sessions.max(1), rate, seconds).await?;
+        }
         Scenario::Stream {
             query,
             chunk_size,
@@ -129,6 +163,8 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+mod fanout;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

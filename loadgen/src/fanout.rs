@@ -1,0 +1,139 @@
+//! The `fanout` scenario (see the crate docs).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+pub async fn run(
+    gateways: &[String],
+    participants: usize,
+    sessions: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let run_id = std::process::id();
+    let clock = Instant::now();
+    println!(
+        "scenario fanout: {participants} participants in {sessions} session(s) over {} gateway(s), {rate} msg/s for {seconds} s",
+        gateways.len()
+    );
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    // Connect everyone first, and wait for every session_state.
+    let mut sockets = Vec::with_capacity(participants);
+    for i in 0..participants {
+        let base = gateways[i % gateways.len()].trim_end_matches('/');
+        let session = format!("lg-{run_id}-{}", i % sessions);
+        let url = format!("{base}/ws/collaboration/{session}?user=lg{i}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"session_state\"") => break,
+                Some(Ok(_)) => continue,
+                other => bail!("no session_state from {url}: {other:?}"),
+            }
+        }
+        sockets.push(ws);
+    }
+    let per_session = participants.div_ceil(sessions);
+    let per_sender_interval = Duration::from_secs_f64(participants as f64 / rate.max(1) as f64);
+    let sent_total = rate * seconds;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (mut tx, mut rx) = ws.split();
+        let histogram = histogram.clone();
+        // Receiver: every chat message from someone else counts, until quiet after the deadline.
+        let receiver = tokio::spawn(async move {
+            let mut received = 0u64;
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            loop {
+                let wait = if Instant::now() < deadline {
+                    deadline - Instant::now() + Duration::from_secs(3)
+                } else {
+                    Duration::from_secs(3)
+                };
+                let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, rx.next()).await else {
+                    break;
+                };
+                let Message::Text(text) = msg else { continue };
+                if !text.starts_with("{\"type\":\"chat_message\"") {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                let content = v["payload"]["message"]["content"]
+                    .as_str()
+                    .unwrap_or_default();
+                if let Some(sent_us) = content
+                    .strip_prefix("t=")
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    let now_us = clock.elapsed().as_micros() as u64;
+                    let _ = local.record(now_us.saturating_sub(sent_us).max(1));
+                    received += 1;
+                }
+            }
+            let _ = histogram.lock().await.add(&local);
+            received
+        });
+        // Sender: its share of the rate, evenly spaced, offset so senders do not fire together.
+        let sender = tokio::spawn(async move {
+            let offset = per_sender_interval.mul_f64((i as f64 / participants as f64).fract());
+            let mut next = start + offset;
+            let mut sent = 0u64;
+            while next < deadline {
+                tokio::time::sleep_until(next.into()).await;
+                let frame = json!({"type": "chat_message", "payload": {"message": {
+                    "id": format!("{i}-{sent}"),
+                    "content": format!("t={}", clock.elapsed().as_micros()),
+                }}});
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                next += per_sender_interval;
+            }
+            // Keep the socket open until the receivers are done.
+            tokio::time::sleep_until((deadline + Duration::from_secs(3)).into()).await;
+            let _ = tx.close().await;
+            sent
+        });
+        tasks.push((sender, receiver));
+    }
+    let (mut sent, mut received) = (0u64, 0u64);
+    for (sender, receiver) in tasks {
+        sent += sender.await?;
+        received += receiver.await?;
+    }
+    let elapsed = start.elapsed().as_secs_f64() - 3.0;
+    // Each message reaches everyone in its session (the sender too).
+    let expected = sent * per_session as u64;
+    let h = histogram.lock().await;
+    println!(
+        "sent {sent} (target {sent_total}), delivered {received} (expected {expected}), lost {}",
+        expected.saturating_sub(received)
+    );
+    println!(
+        "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.9) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "delivered messages/s: {:.0}",
+        received as f64 / elapsed.max(0.001)
+    );
+    Ok(())
+}
