@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -89,6 +89,8 @@ impl Backend {
 pub struct Application {
     server: Server,
     addr: SocketAddr,
+    state: Arc<AppState>,
+    grace: Duration,
 }
 
 impl Application {
@@ -97,15 +99,14 @@ impl Application {
         let listener =
             TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(AppState {
+        let state = Arc::new(AppState::new(
             node_id,
-            bus: backend.bus.clone(),
-            ws: cli.ws.clone(),
-            collab: cli.collab.clone(),
-            embedded: backend.embedded,
-            started: Instant::now(),
-        });
-        let data = web::Data::new(state);
+            backend.bus.clone(),
+            cli.ws.clone(),
+            cli.collab.clone(),
+            backend.embedded,
+        ));
+        let data = web::Data::new(state.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -118,17 +119,42 @@ impl Application {
                 .service(ws::collaboration)
         })
         .shutdown_timeout(cli.ws.shutdown_grace_secs)
+        // Signals are ours: drain first (see `run_until_stopped`), then stop.
+        .disable_signals()
         .listen(listener)?
         .run();
-        Ok(Application { server, addr })
+        Ok(Application {
+            server,
+            addr,
+            state,
+            grace: Duration::from_secs(cli.ws.shutdown_grace_secs),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Serves until the process is told to stop (SIGINT/SIGTERM), then lets connections finish.
+    /// Serves until SIGTERM/SIGINT, then drains: `/readyz` turns 503 and upgrades are refused at once,
+    /// every socket is closed with 1012 (clients reconnect elsewhere and resume), and the server stops,
+    /// forcing what is left after the grace period.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        let grace = self.grace;
+        // Registered before anything else runs, so a SIGTERM from now on drains instead of killing.
+        let signal = c2s_shared::shutdown_signal();
+        actix_web::rt::spawn(async move {
+            signal.await;
+            tracing::info!(connections = state.connections(), "draining");
+            state.start_draining();
+            // Let the sessions send their close frames, then stop (graceful, bounded by the grace period).
+            let deadline = tokio::time::Instant::now() + grace;
+            while state.connections() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            handle.stop(true).await;
+        });
         self.server.await
     }
 }

@@ -86,9 +86,31 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_REPLAY_BATCH", default_value_t = 256)]
     pub replay_batch: usize,
 
-    /// Seconds the server waits for connections to finish at shutdown.
+    /// On SIGTERM/SIGINT the node drains: not ready, closes every socket with 1012, and exits within
+    /// this many seconds.
     #[arg(long, env = "C2S_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+
+    /// WebSocket connections this node accepts at once; the next one is closed with 1013 at upgrade.
+    #[arg(long, env = "C2S_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Frames per second a connection may send on average (token bucket refill rate).
+    #[arg(long, env = "C2S_RATE_LIMIT_PER_SEC", default_value_t = 200)]
+    pub rate_limit_per_sec: u32,
+
+    /// Frames a connection may send in a burst (token bucket size).
+    #[arg(long, env = "C2S_RATE_LIMIT_BURST", default_value_t = 1_000)]
+    pub rate_limit_burst: u32,
+
+    /// Refused (rate-limited) frames after which a connection is closed with 1008.
+    #[arg(long, env = "C2S_RATE_LIMIT_MAX_REFUSED", default_value_t = 200)]
+    pub rate_limit_max_refused: u32,
+
+    /// A client that has not taken a frame for this long (ms) is a slow consumer: closed with 1013
+    /// (it resumes with `afterSeq`).
+    #[arg(long, env = "C2S_SEND_TIMEOUT_MS", default_value_t = 5_000)]
+    pub send_timeout_ms: u64,
 }
 
 /// Collaboration sessions and presence.
@@ -125,6 +147,9 @@ impl WsArgs {
     }
     pub fn client_timeout(&self) -> Duration {
         Duration::from_millis(self.client_timeout_ms.max(10))
+    }
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.max(1))
     }
     pub fn resync_interval(&self) -> Duration {
         Duration::from_millis(self.resync_interval_ms.max(10))

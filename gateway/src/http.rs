@@ -13,6 +13,8 @@ pub async fn healthz(state: web::Data<Arc<AppState>>) -> HttpResponse {
         "status": "ok",
         "nodeId": state.node_id,
         "embedded": state.embedded,
+        "draining": state.is_draining(),
+        "connections": state.connections(),
         "uptimeSecs": state.started.elapsed().as_secs(),
     }))
 }
@@ -20,6 +22,11 @@ pub async fn healthz(state: web::Data<Arc<AppState>>) -> HttpResponse {
 /// Ready: the bus (Redis) answers. 503 otherwise, so a load balancer sends clients elsewhere.
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    if state.is_draining() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining");
+    }
     match state.bus.ping().await {
         Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready"),
         Err(e) => HttpResponse::ServiceUnavailable()

@@ -1,8 +1,10 @@
 //! What every handler shares.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use c2s_shared::bus::Bus;
+use tokio::sync::watch;
 
 use crate::config::{CollabArgs, WsArgs};
 
@@ -13,4 +15,90 @@ pub struct AppState {
     pub collab: CollabArgs,
     pub embedded: bool,
     pub started: std::time::Instant,
+    /// Set once the node starts draining (SIGTERM): not ready, no new sockets, every socket closed with 1012.
+    draining: watch::Sender<bool>,
+    /// Open WebSocket connections on this node.
+    connections: AtomicUsize,
+}
+
+/// Holds one slot of the node's connection cap; frees it when dropped.
+pub struct ConnectionSlot(Arc<AppState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl AppState {
+    pub fn new(
+        node_id: String,
+        bus: Arc<dyn Bus>,
+        ws: WsArgs,
+        collab: CollabArgs,
+        embedded: bool,
+    ) -> AppState {
+        AppState {
+            node_id,
+            bus,
+            ws,
+            collab,
+            embedded,
+            started: std::time::Instant::now(),
+            draining: watch::Sender::new(false),
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Fires when the node starts draining.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Takes a connection slot, or None when the node is at `--max-connections`.
+    pub fn try_connect(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let max = self.ws.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(self.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c2s_shared::bus::{BusSettings, MemoryBus};
+    use clap::Parser;
+
+    #[tokio::test]
+    async fn connection_cap_and_drain_flag() {
+        let cli = crate::config::Cli::parse_from(["gateway", "--max-connections", "2"]);
+        let bus = Arc::new(MemoryBus::new(BusSettings::default()));
+        let state = Arc::new(AppState::new("n".into(), bus, cli.ws, cli.collab, true));
+        let a = state.try_connect().unwrap();
+        let _b = state.try_connect().unwrap();
+        assert!(state.try_connect().is_none());
+        drop(a);
+        assert!(state.try_connect().is_some());
+        let mut signal = state.drain_signal();
+        assert!(!state.is_draining());
+        state.start_draining();
+        signal.changed().await.unwrap();
+        assert!(state.is_draining());
+    }
 }

@@ -61,28 +61,7 @@ async fn main() -> anyhow::Result<()> {
     // The one line on stdout: tools and tests wait for it.
     println!("READY {}", worker.id());
     tracing::info!(worker_id = worker.id(), "ready for jobs");
-    worker.run(shutdown_signal()).await;
+    worker.run(c2s_shared::shutdown_signal()).await;
     tracing::info!("worker stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

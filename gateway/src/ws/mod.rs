@@ -51,9 +51,41 @@ fn upgrade_into(
     endpoint: Endpoint,
     collab: Option<CollabJoin>,
 ) -> actix_web::Result<HttpResponse> {
-    let (response, ws, stream) = actix_ws::handle(req, body)?;
+    if state.is_draining() {
+        // A load balancer still sending us upgrades: the client retries, and lands elsewhere.
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .body("draining: reconnect to another node"));
+    }
+    let (response, mut ws, stream) = actix_ws::handle(req, body)?;
     let state = Arc::clone(state.get_ref());
-    actix_web::rt::spawn(session::run(state, endpoint, ws, stream, collab));
+    match state.try_connect() {
+        Some(slot) => {
+            actix_web::rt::spawn(session::run(state, endpoint, ws, stream, collab, slot));
+        }
+        None => {
+            // Over the cap: complete the upgrade so a browser sees why (1013), then close.
+            actix_web::rt::spawn(async move {
+                let _ = ws
+                    .text(
+                        c2s_shared::protocol::ServerFrame::new(
+                            c2s_shared::protocol::ServerMessage::error(
+                                c2s_shared::codes::ErrorCode::Unavailable,
+                                "this node is at its connection limit; retry shortly",
+                                None,
+                            ),
+                        )
+                        .to_text(),
+                    )
+                    .await;
+                let _ = ws
+                    .close(Some(session::close_reason(
+                        c2s_shared::codes::close::TRY_AGAIN_LATER,
+                    )))
+                    .await;
+            });
+        }
+    }
     Ok(response)
 }
 

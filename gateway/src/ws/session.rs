@@ -15,13 +15,14 @@ use c2s_shared::protocol::{
     decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, Pong, QueryCancelled,
     ServerFrame, ServerMessage, StreamFrom,
 };
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::collab::{CollabJoin, Member};
 use super::forward::Forward;
 use super::Endpoint;
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionSlot};
 
 /// The user behind an unauthenticated connection (authentication comes with JWT support).
 const ANONYMOUS: &str = "anonymous";
@@ -68,6 +69,7 @@ pub async fn run(
     ws: actix_ws::Session,
     stream: MessageStream,
     collab: Option<CollabJoin>,
+    _slot: ConnectionSlot,
 ) {
     let limits = state.ws.clone();
     let mut frames = stream
@@ -96,10 +98,16 @@ pub async fn run(
     }
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval());
     let mut last_heard = Instant::now();
+    let mut draining = session.state.drain_signal();
+    let rate = rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst);
+    let mut refused: u32 = 0;
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
 
     let reason: Option<CloseReason> = loop {
         let cursor_due = session.member.as_ref().and_then(|m| m.cursor_due);
+        if *draining.borrow_and_update() {
+            break Some(close_reason(close::SERVICE_RESTART));
+        }
         tokio::select! {
             // A frame from the client.
             frame = frames.recv() => {
@@ -107,6 +115,18 @@ pub async fn run(
                 last_heard = Instant::now();
                 match frame {
                     Ok(AggregatedMessage::Text(text)) => {
+                        if rate.check().is_err() {
+                            refused += 1;
+                            if refused > limits.rate_limit_max_refused {
+                                break Some(close_reason(close::POLICY));
+                            }
+                            let e = refuse(ErrorCode::RateLimited, format!(
+                                "more than {} frames/s (burst {}): frame dropped; slow down", limits.rate_limit_per_sec, limits.rate_limit_burst));
+                            if session.send_error(e, None).await.is_err() {
+                                break None;
+                            }
+                            continue;
+                        }
                         if session.handle_text(&text).await.is_err() {
                             break None;
                         }
@@ -138,8 +158,11 @@ pub async fn run(
             // An event for this client from one of its streams.
             Some(outbound) = outbound.recv() => match outbound {
                 Outbound::Frame(text) => {
-                    if session.ws.text(text).await.is_err() {
-                        break None;
+                    match tokio::time::timeout(limits.send_timeout(), session.ws.text(text)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        // The client stopped reading: it resumes elsewhere or later with afterSeq.
+                        Err(_) => break Some(close_reason(close::TRY_AGAIN_LATER)),
                     }
                 }
                 Outbound::Follow(execution_id) => {
@@ -158,6 +181,8 @@ pub async fn run(
                     }
                 }
             }
+            // The node is draining: tell the client to reconnect (elsewhere).
+            _ = draining.changed() => {}
             // Heartbeat: ping the client, close it if it has been silent too long.
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.client_timeout() {
@@ -178,6 +203,13 @@ pub async fn run(
     }
     tracing::debug!(endpoint = endpoint.path(), ?reason, "socket closed");
     let _ = session.ws.close(reason).await;
+}
+
+/// The per-connection token bucket (rate and burst of at least 1).
+fn rate_limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
+    let per_sec = std::num::NonZeroU32::new(per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
 }
 
 fn far_future() -> Instant {
