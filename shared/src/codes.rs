@@ -52,6 +52,8 @@ pub enum QueryErrorCode {
     InvalidRequest,
     /// The database could not be reached.
     Unavailable,
+    /// The worker running the query died mid-way; its result is incomplete. Run it again.
+    WorkerLost,
     /// A bug or an unexpected failure on our side.
     Internal,
 }

@@ -102,6 +102,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "C2S_JOB_POLL_MS", default_value_t = 2_000)]
     pub job_poll_ms: u64,
 
+    /// A job pending this long (ms) on a worker that stopped refreshing it is presumed orphaned (its worker
+    /// died) and reclaimed by another worker. Running jobs are refreshed every third of it.
+    #[arg(long, env = "C2S_JOB_CLAIM_IDLE_MS", default_value_t = 15_000)]
+    pub job_claim_idle_ms: u64,
+
     /// On shutdown, how long (ms) running queries may take to finish before the worker exits anyway.
     #[arg(long, env = "C2S_WORKER_GRACE_MS", default_value_t = 10_000)]
     pub grace_ms: u64,

@@ -35,6 +35,19 @@ impl EventSink {
         }
     }
 
+    /// A sink that continues a stream someone else wrote up to `last_seq` (a dead worker's).
+    pub fn continue_after(
+        bus: Arc<dyn Bus>,
+        execution_id: String,
+        traceparent: Option<String>,
+        last_seq: u64,
+    ) -> Self {
+        EventSink {
+            seq: last_seq,
+            ..EventSink::new(bus, execution_id, traceparent)
+        }
+    }
+
     pub fn execution_id(&self) -> &str {
         &self.execution_id
     }

@@ -6,10 +6,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c2s_shared::bus::{Bus, BusError, Delivery};
+use c2s_shared::bus::{Bus, BusError, Delivery, TakeOver, Topic};
+use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
-    QueryCancelled, QueryCompleted, QueryError, QueryResult, QueryStarted, ServerMessage,
+    QueryCancelled, QueryCompleted, QueryError, QueryErrorDetail, QueryResult, QueryStarted,
+    ServerMessage,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +24,11 @@ use crate::events::EventSink;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-type Running = Arc<Mutex<HashMap<String, CancellationToken>>>;
+/// Running executions: their cancel token and the job's delivery id (kept fresh in the group).
+type Running = Arc<Mutex<HashMap<String, (CancellationToken, String)>>>;
+
+/// How many orphaned jobs one janitor round takes over at most.
+const RECLAIM_BATCH: usize = 16;
 
 pub struct Worker {
     bus: Arc<dyn Bus>,
@@ -62,7 +68,7 @@ impl Worker {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get(id.as_ref())
-                            .cloned();
+                            .map(|(token, _)| token.clone());
                         if let Some(token) = token {
                             tracing::info!(execution_id = %id, "cancel requested");
                             token.cancel();
@@ -83,6 +89,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(this.args.concurrency.max(1)));
         let poll = Duration::from_millis(this.args.job_poll_ms.max(10));
         let mut retry = RETRY_MIN;
+        let janitor = tokio::spawn(this.clone().janitor());
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -105,7 +112,7 @@ impl Worker {
                     retry = RETRY_MIN;
                     let this = this.clone();
                     tokio::spawn(async move {
-                        this.process(delivery).await;
+                        this.process(delivery, false).await;
                         drop(permit);
                     });
                 }
@@ -117,6 +124,7 @@ impl Worker {
                 }
             }
         }
+        janitor.abort();
         let grace = Duration::from_millis(this.args.grace_ms);
         let all = this.args.concurrency.max(1) as u32;
         if tokio::time::timeout(grace, slots.acquire_many(all))
@@ -127,7 +135,95 @@ impl Worker {
         }
     }
 
-    async fn process(&self, delivery: Delivery) {
+    /// Keeps this worker's running jobs fresh in the group, and takes over the jobs of dead workers:
+    /// one that never started is run; one that was running ends with `query_error` `worker_lost`
+    /// (re-running it could deliver rows twice; the client decides whether to run it again).
+    async fn janitor(self: Arc<Self>) {
+        let idle = Duration::from_millis(self.args.job_claim_idle_ms.max(30));
+        let mut tick = tokio::time::interval(idle / 3);
+        loop {
+            tick.tick().await;
+            let mine: Vec<String> = self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .map(|(_, delivery_id)| delivery_id.clone())
+                .collect();
+            if let Err(e) = self.bus.keep_alive_jobs(&self.id, &mine).await {
+                tracing::warn!(error = %e, "refreshing running jobs failed");
+            }
+            let orphans = match self.bus.reclaim_jobs(&self.id, idle, RECLAIM_BATCH).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reclaiming orphaned jobs failed");
+                    continue;
+                }
+            };
+            for delivery in orphans {
+                let this = self.clone();
+                tokio::spawn(async move { this.take_over(delivery).await });
+            }
+        }
+    }
+
+    async fn take_over(&self, delivery: Delivery) {
+        let execution_id = delivery.job.execution_id.clone();
+        let decision = match self.bus.take_over(&execution_id, &self.id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%execution_id, error = %e, "take-over failed; left pending");
+                return;
+            }
+        };
+        tracing::warn!(%execution_id, ?decision, "took over the job of a dead worker");
+        match decision {
+            TakeOver::Start => self.process(delivery, true).await,
+            TakeOver::Lost => {
+                let ended = self.end_lost(&delivery).await;
+                match ended.and(self.bus.ack_job(&delivery).await) {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(%execution_id, error = %e, "could not end a lost job"),
+                }
+            }
+            TakeOver::Finished => {
+                if let Err(e) = self.bus.ack_job(&delivery).await {
+                    tracing::warn!(%execution_id, error = %e, "ack failed");
+                }
+            }
+        }
+    }
+
+    /// Ends the stream of a job whose worker died mid-query, after the last event it published.
+    async fn end_lost(&self, delivery: &Delivery) -> Result<(), BusError> {
+        let job = &delivery.job;
+        let last = self
+            .bus
+            .last_seq(&Topic::Execution(job.execution_id.clone()))
+            .await?;
+        let mut sink = EventSink::continue_after(
+            self.bus.clone(),
+            job.execution_id.clone(),
+            job.traceparent.clone(),
+            last,
+        );
+        sink.emit(ServerMessage::QueryError(QueryError {
+            execution_id: job.execution_id.clone(),
+            timestamp: now_ms(),
+            error: QueryErrorDetail {
+                code: QueryErrorCode::WorkerLost,
+                message: "the worker running this query stopped before it finished; the result is \
+                          incomplete: run the query again"
+                    .into(),
+                sqlstate: None,
+                position: None,
+            },
+        }))
+        .await
+    }
+
+    /// Runs a job; `started` when the take-over already moved it to running.
+    async fn process(&self, delivery: Delivery, started: bool) {
         let job = &delivery.job;
         let execution_id = job.execution_id.clone();
         let token = CancellationToken::new();
@@ -135,8 +231,11 @@ impl Worker {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(execution_id.clone(), token.clone());
-        let outcome = self.run_job(&delivery, &token).await;
+            .insert(
+                execution_id.clone(),
+                (token.clone(), delivery.delivery_id.clone()),
+            );
+        let outcome = self.run_job(&delivery, &token, started).await;
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -158,9 +257,10 @@ impl Worker {
         &self,
         delivery: &Delivery,
         cancel: &CancellationToken,
+        started: bool,
     ) -> Result<(), BusError> {
         let job = &delivery.job;
-        if !self.bus.try_start(&job.execution_id, &self.id).await? {
+        if !started && !self.bus.try_start(&job.execution_id, &self.id).await? {
             tracing::info!(execution_id = %job.execution_id, "job cancelled before it started");
             return Ok(());
         }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Mutex as AsyncMutex};
 use super::hub::{Hub, Local, Subscription};
 use super::{
     with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job,
-    JoinOutcome, JoinRequest, SessionSnapshot, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
+    JoinOutcome, JoinRequest, SessionSnapshot, TakeOver, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
 };
 use crate::keys::Keys;
 
@@ -237,6 +237,41 @@ impl Bus for MemoryBus {
 
     async fn ack_job(&self, _delivery: &Delivery) -> Result<(), BusError> {
         Ok(())
+    }
+
+    // One process: a worker cannot die without the whole bus; nothing is ever reclaimed.
+    async fn reclaim_jobs(
+        &self,
+        _consumer: &str,
+        _min_idle: Duration,
+        _count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn keep_alive_jobs(&self, _consumer: &str, _ids: &[String]) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn take_over(&self, execution_id: &str, _worker_id: &str) -> Result<TakeOver, BusError> {
+        let mut state = self.state();
+        Ok(match state.executions.get_mut(execution_id) {
+            Some(e) if e.state == "queued" => {
+                e.state = "running";
+                TakeOver::Start
+            }
+            Some(e) if e.state == "running" => TakeOver::Lost,
+            _ => TakeOver::Finished,
+        })
+    }
+
+    async fn last_seq(&self, topic: &Topic) -> Result<u64, BusError> {
+        let state = self.state();
+        let events = match topic {
+            Topic::Execution(id) => state.executions.get(id).map(|e| &e.events),
+            Topic::Session(id) => state.sessions.get(id).map(|s| &s.events),
+        };
+        Ok(events.and_then(|e| e.back()).map_or(0, |e| e.seq))
     }
 
     async fn try_start(&self, execution_id: &str, _worker_id: &str) -> Result<bool, BusError> {

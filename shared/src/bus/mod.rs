@@ -175,6 +175,17 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// What a worker that reclaimed a dead worker's job may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// It had not started: run it.
+    Start,
+    /// It was running when its worker died: its stream must be ended (`worker_lost`).
+    Lost,
+    /// It had ended (or was cancelled, or expired): just acknowledge it.
+    Finished,
+}
+
 /// The lifecycle state of an execution, as kept on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionInfo {
@@ -264,6 +275,27 @@ pub trait Bus: Send + Sync + 'static {
 
     /// `queued` -> `running`, atomically; false if it was cancelled (or taken) before.
     async fn try_start(&self, execution_id: &str, worker_id: &str) -> Result<bool, BusError>;
+
+    /// Jobs pending on other consumers for longer than `min_idle` (their worker died), now this consumer's.
+    async fn reclaim_jobs(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError>;
+
+    /// Resets the idle time of jobs this consumer is still running, so nobody reclaims them.
+    async fn keep_alive_jobs(
+        &self,
+        consumer: &str,
+        delivery_ids: &[String],
+    ) -> Result<(), BusError>;
+
+    /// Decides, atomically, what a reclaimed job's new worker does with it (and takes it over).
+    async fn take_over(&self, execution_id: &str, worker_id: &str) -> Result<TakeOver, BusError>;
+
+    /// The highest `seq` in a topic's log (0 when empty).
+    async fn last_seq(&self, topic: &Topic) -> Result<u64, BusError>;
 
     /// Appends the event to the execution's log and publishes it live; a terminal event marks it done.
     async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError>;

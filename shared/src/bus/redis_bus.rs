@@ -17,14 +17,14 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink};
-use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::hub::{Hub, Subscription, Upstream};
 use super::{
     Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job, JoinOutcome,
-    JoinRequest, SessionSnapshot, Topic, UpdateOutcome,
+    JoinRequest, SessionSnapshot, TakeOver, Topic, UpdateOutcome,
 };
 use crate::keys::{Keys, WORKER_GROUP};
 
@@ -40,6 +40,15 @@ if redis.call('HGET', KEYS[1], 'state') == 'queued' then
   return 1
 end
 return 0
+"#;
+
+const TAKE_OVER: &str = r#"
+local s = redis.call('HGET', KEYS[1], 'state')
+if s == 'queued' or s == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1])
+  return s
+end
+return s or 'missing'
 "#;
 
 const CANCEL: &str = r#"
@@ -151,6 +160,7 @@ pub struct RedisBus {
     blocking: AsyncMutex<Option<MultiplexedConnection>>,
     hub: Hub,
     try_start: Script,
+    take_over: Script,
     cancel: Script,
     session: SessionScripts,
 }
@@ -214,6 +224,7 @@ impl RedisBus {
             blocking: AsyncMutex::new(None),
             hub,
             try_start: Script::new(TRY_START),
+            take_over: Script::new(TAKE_OVER),
             cancel: Script::new(CANCEL),
             session: SessionScripts {
                 join: session_script(SESSION_JOIN),
@@ -557,6 +568,96 @@ impl Bus for RedisBus {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    async fn reclaim_jobs(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut conn = self.conn.clone();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.jobs())
+            .arg(WORKER_GROUP)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .query_async(&mut conn)
+            .await?;
+        let mut jobs = Vec::new();
+        for entry in reply.claimed {
+            let job =
+                field_bytes(&entry.map, "job").and_then(|b| serde_json::from_slice::<Job>(b).ok());
+            match job {
+                Some(job) => jobs.push(Delivery {
+                    delivery_id: entry.id,
+                    job,
+                }),
+                None => tracing::error!(id = %entry.id, "reclaimed a malformed job; left pending"),
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn keep_alive_jobs(
+        &self,
+        consumer: &str,
+        delivery_ids: &[String],
+    ) -> Result<(), BusError> {
+        if delivery_ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("XCLAIM")
+            .arg(self.keys.jobs())
+            .arg(WORKER_GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(delivery_ids)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn take_over(&self, execution_id: &str, worker_id: &str) -> Result<TakeOver, BusError> {
+        let mut conn = self.conn.clone();
+        let previous: String = self
+            .take_over
+            .key(self.keys.execution(execution_id))
+            .arg(worker_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match previous.as_str() {
+            "queued" => TakeOver::Start,
+            "running" => TakeOver::Lost,
+            _ => TakeOver::Finished,
+        })
+    }
+
+    async fn last_seq(&self, topic: &Topic) -> Result<u64, BusError> {
+        let key = match topic {
+            Topic::Execution(id) => self.keys.execution_events(id),
+            Topic::Session(id) => self.keys.session_events(id),
+        };
+        let mut conn = self.conn.clone();
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .first()
+            .and_then(|e| e.id.split('-').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
     }
 
     async fn try_start(&self, execution_id: &str, worker_id: &str) -> Result<bool, BusError> {
