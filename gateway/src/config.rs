@@ -73,6 +73,10 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
     pub max_streams_per_connection: usize,
 
+    /// Unfinished queries one user may have at once, over all nodes; the next gets `rate_limited`.
+    #[arg(long, env = "C2S_MAX_QUERIES_PER_USER", default_value_t = 10)]
+    pub max_queries_per_user: usize,
+
     /// Longest query text in bytes.
     #[arg(long, env = "C2S_MAX_QUERY_BYTES", default_value_t = 32 * 1024)]
     pub max_query_bytes: usize,

@@ -80,6 +80,10 @@ pub struct BusArgs {
     #[arg(long, env = "C2S_FANOUT_CAPACITY", default_value_t = 1024)]
     pub fanout_capacity: usize,
 
+    /// Seconds an unfinished execution at most counts against its owner's concurrent-query cap.
+    #[arg(long, env = "C2S_USER_LEASE_SECS", default_value_t = 600)]
+    pub user_lease_secs: u64,
+
     /// Seconds an idle collaboration session (query text, chat, events) is kept after its last event.
     #[arg(long, env = "C2S_SESSION_TTL_SECS", default_value_t = 86_400)]
     pub session_ttl_secs: u64,
@@ -101,6 +105,7 @@ impl BusArgs {
             event_ttl: Duration::from_secs(self.event_ttl_secs),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
             fanout_capacity: self.fanout_capacity,
+            user_lease: Duration::from_secs(self.user_lease_secs),
             session_ttl: Duration::from_secs(self.session_ttl_secs),
             session_event_max_len: self.session_event_max_len,
             chat_max_len: self.chat_max_len,

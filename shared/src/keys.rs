@@ -70,6 +70,11 @@ impl Keys {
         format!("{}:node:{node_id}:participants", self.prefix)
     }
 
+    /// Sorted set of a user's unfinished executions, scored by a lease deadline (ms): the per-user cap.
+    pub fn user_running(&self, user: &str) -> String {
+        format!("{}:user:{user}:running", self.prefix)
+    }
+
     /// Idempotency record of a client message id, per user.
     pub fn idempotency(&self, user: &str, client_id: &str) -> String {
         format!("{}:idem:{user}:{client_id}", self.prefix)

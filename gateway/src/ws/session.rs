@@ -370,8 +370,18 @@ impl Session {
             Some(_) => Ok(()),
             None => self.follow(topic.clone(), 0).await,
         };
+        let max_per_user = self.state.ws.max_queries_per_user;
         let enqueued = match followed {
-            Ok(()) => bus.enqueue(&job).await.map_err(unavailable),
+            Ok(()) => match bus.enqueue(&job, max_per_user).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(refuse(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "you already have {max_per_user} queries running; wait for one to finish"
+                    ),
+                )),
+                Err(e) => Err(unavailable(e)),
+            },
             Err(e) => Err(e),
         };
         let enqueued = match (enqueued, &self.member) {

@@ -41,6 +41,8 @@ struct Session {
 #[derive(Default)]
 struct State {
     executions: HashMap<String, Execution>,
+    /// Unfinished executions per owner (the per-user cap).
+    running_by_user: HashMap<String, HashMap<String, Instant>>,
     sessions: HashMap<String, Session>,
     idempotency: HashMap<(String, String), (String, Instant)>,
     next_delivery: u64,
@@ -111,10 +113,17 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
-    async fn enqueue(&self, job: &Job) -> Result<(), BusError> {
+    async fn enqueue(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
+        let lease = self.settings.user_lease;
         let delivery = {
             let mut state = self.state();
             self.expire(&mut state);
+            let running = state.running_by_user.entry(job.owner.clone()).or_default();
+            running.retain(|_, since| since.elapsed() < lease);
+            if running.len() >= max_per_user {
+                return Ok(false);
+            }
+            running.insert(job.execution_id.clone(), Instant::now());
             state.executions.insert(
                 job.execution_id.clone(),
                 Execution {
@@ -130,7 +139,8 @@ impl Bus for MemoryBus {
                 job: job.clone(),
             }
         };
-        self.jobs_tx.send(delivery).map_err(|_| BusError::Closed)
+        self.jobs_tx.send(delivery).map_err(|_| BusError::Closed)?;
+        Ok(true)
     }
 
     async fn claim_idempotency(
@@ -297,6 +307,10 @@ impl Bus for MemoryBus {
                 e.touched = Instant::now();
                 if event.terminal {
                     e.state = "done";
+                    let owner = e.owner.clone();
+                    if let Some(running) = state.running_by_user.get_mut(&owner) {
+                        running.remove(execution_id);
+                    }
                 }
             }
         }

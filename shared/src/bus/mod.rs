@@ -205,6 +205,8 @@ pub struct BusSettings {
     pub idempotency_ttl: Duration,
     /// Capacity of each channel's local broadcast; a subscriber further behind re-reads the stream.
     pub fanout_capacity: usize,
+    /// Longest an execution counts against its owner's cap without reaching its terminal event.
+    pub user_lease: Duration,
     /// How long an idle collaboration session (query, chat, events) is kept after its last event.
     pub session_ttl: Duration,
     /// Cap (approximate) of each session's event log.
@@ -221,6 +223,7 @@ impl Default for BusSettings {
             event_ttl: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(600),
             fanout_capacity: 1024,
+            user_lease: Duration::from_secs(600),
             session_ttl: Duration::from_secs(24 * 3600),
             session_event_max_len: 10_000,
             chat_max_len: 1_000,
@@ -235,8 +238,10 @@ pub trait Bus: Send + Sync + 'static {
 
     // ---- gateway side -----------------------------------------------------------------------------------
 
-    /// Records the execution as `queued` and appends the job to the durable job queue.
-    async fn enqueue(&self, job: &Job) -> Result<(), BusError>;
+    /// Records the execution as `queued` and appends the job to the durable job queue, unless its owner
+    /// already has `max_per_user` unfinished executions (then false, nothing written). An execution holds
+    /// its owner's slot until its terminal event, or at most `user_lease` (a crash cannot leak slots).
+    async fn enqueue(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError>;
 
     /// Remembers `client_id` of `user` as having created `execution_id`, unless it was seen before:
     /// then returns the execution it created then.

@@ -42,6 +42,29 @@ end
 return 0
 "#;
 
+/// KEYS: execution hash, user's running set, job stream. ARGV: owner, max per user, now ms, lease ms,
+/// event TTL s, job JSON.
+const ENQUEUE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+local exec = string.match(KEYS[1], '[^:]+$')
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), exec)
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[6])
+return 1
+"#;
+
+/// KEYS: execution hash. ARGV: key prefix. Frees the owner's slot of a finished execution.
+const RELEASE_SLOT: &str = r#"
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then
+  redis.call('ZREM', ARGV[1] .. ':user:' .. owner .. ':running', string.match(KEYS[1], '[^:]+$'))
+end
+return 0
+"#;
+
 const TAKE_OVER: &str = r#"
 local s = redis.call('HGET', KEYS[1], 'state')
 if s == 'queued' or s == 'running' then
@@ -159,6 +182,8 @@ pub struct RedisBus {
     /// A connection of its own for `XREADGROUP BLOCK`, which would stall a shared multiplexed connection.
     blocking: AsyncMutex<Option<MultiplexedConnection>>,
     hub: Hub,
+    enqueue: Script,
+    release_slot: Script,
     try_start: Script,
     take_over: Script,
     cancel: Script,
@@ -223,6 +248,8 @@ impl RedisBus {
             conn,
             blocking: AsyncMutex::new(None),
             hub,
+            enqueue: Script::new(ENQUEUE),
+            release_slot: Script::new(RELEASE_SLOT),
             try_start: Script::new(TRY_START),
             take_over: Script::new(TAKE_OVER),
             cancel: Script::new(CANCEL),
@@ -346,32 +373,23 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    async fn enqueue(&self, job: &Job) -> Result<(), BusError> {
+    async fn enqueue(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
         let body = serde_json::to_string(job).map_err(|e| BusError::Malformed(e.to_string()))?;
-        let exec_key = self.keys.execution(&job.execution_id);
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(&exec_key)
-            .arg("state")
-            .arg("queued")
-            .arg("owner")
+        let accepted: i64 = self
+            .enqueue
+            .key(self.keys.execution(&job.execution_id))
+            .key(self.keys.user_running(&job.owner))
+            .key(self.keys.jobs())
             .arg(&job.owner)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&exec_key)
+            .arg(max_per_user)
+            .arg(crate::now_ms())
+            .arg(self.settings.user_lease.as_millis() as u64)
             .arg(self.settings.event_ttl.as_secs())
-            .ignore()
-            .cmd("XADD")
-            .arg(self.keys.jobs())
-            .arg("*")
-            .arg("job")
             .arg(body)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(accepted == 1)
     }
 
     async fn claim_idempotency(
@@ -709,6 +727,14 @@ impl Bus for RedisBus {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
+        if event.terminal {
+            let _: i64 = self
+                .release_slot
+                .key(self.keys.execution(execution_id))
+                .arg(self.keys.prefix())
+                .invoke_async(&mut conn)
+                .await?;
+        }
         Ok(())
     }
 
