@@ -114,10 +114,9 @@ impl BusArgs {
 
     /// Connects to Redis (`--redis-url` must be set).
     pub async fn connect_redis(&self) -> Result<Arc<dyn Bus>, BusError> {
-        let url = self
-            .redis_url
-            .as_ref()
-            .ok_or_else(|| BusError::Malformed("--redis-url / C2S_REDIS_URL is not set".into()))?;
+        let url = self.redis_url.as_ref().ok_or_else(|| {
+            BusError::Unavailable("--redis-url / C2S_REDIS_URL is not set".into())
+        })?;
         let bus: Arc<dyn Bus> = RedisBus::connect(url.expose(), self.settings()).await?;
         Ok(bus)
     }

@@ -22,7 +22,7 @@ use crate::events::EventSink;
 
 /// Backoff after a failed read of the job queue (Redis down, …).
 const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Running executions: their cancel token and the job's delivery id (kept fresh in the group).
 type Running = Arc<Mutex<HashMap<String, (CancellationToken, String)>>>;

@@ -28,6 +28,8 @@ pub enum BusError {
     Redis(#[from] redis::RedisError),
     #[error("malformed bus data: {0}")]
     Malformed(String),
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
     #[error("bus closed")]
     Closed,
 }

@@ -32,7 +32,7 @@ use crate::keys::{Keys, WORKER_GROUP};
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff bounds for re-establishing the pub/sub connection.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 const TRY_START: &str = r#"
 if redis.call('HGET', KEYS[1], 'state') == 'queued' then
@@ -182,6 +182,8 @@ pub struct RedisBus {
     /// A connection of its own for `XREADGROUP BLOCK`, which would stall a shared multiplexed connection.
     blocking: AsyncMutex<Option<MultiplexedConnection>>,
     hub: Hub,
+    /// The pub/sub sink, None while reconnecting (readiness looks at it).
+    pubsub: Arc<AsyncMutex<Option<PubSubSink>>>,
     enqueue: Script,
     release_slot: Script,
     try_start: Script,
@@ -200,7 +202,7 @@ impl Upstream for RedisUpstream {
     async fn subscribe(&mut self, channel: &str) -> Result<(), BusError> {
         match self.sink.lock().await.as_mut() {
             Some(sink) => Ok(sink.subscribe(channel).await?),
-            None => Err(BusError::Malformed(
+            None => Err(BusError::Unavailable(
                 "redis pub/sub connection is down (reconnecting)".into(),
             )),
         }
@@ -237,7 +239,7 @@ impl RedisBus {
         tokio::spawn(pubsub_reader(
             client.clone(),
             hub.clone(),
-            sink,
+            sink.clone(),
             first_stream,
         ));
 
@@ -248,6 +250,7 @@ impl RedisBus {
             conn,
             blocking: AsyncMutex::new(None),
             hub,
+            pubsub: sink,
             enqueue: Script::new(ENQUEUE),
             release_slot: Script::new(RELEASE_SLOT),
             try_start: Script::new(TRY_START),
@@ -367,9 +370,15 @@ fn field_bytes<'a>(
 
 #[async_trait]
 impl Bus for RedisBus {
+    /// Ready when commands answer and the live (pub/sub) link is up.
     async fn ping(&self) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        if self.pubsub.lock().await.is_none() {
+            return Err(BusError::Unavailable(
+                "redis pub/sub connection is down (reconnecting)".into(),
+            ));
+        }
         Ok(())
     }
 
