@@ -41,11 +41,11 @@ enum Flow {
 impl Forward {
     pub async fn run(mut self) {
         if let Err(e) = self.relay().await {
-            tracing::warn!(topic = ?self.topic, error = %e, "event stream interrupted");
+            tracing::warn!(topic = %self.topic, error = %e, "event stream interrupted");
             let frame = ServerFrame::new(ServerMessage::error(
                 ErrorCode::Unavailable,
                 format!(
-                    "the event stream of {:?} was interrupted ({e}); resume with afterSeq {}",
+                    "the event stream of {} was interrupted ({e}); resume with afterSeq {}",
                     self.topic, self.after_seq
                 ),
                 None,
@@ -65,8 +65,11 @@ impl Forward {
             let received =
                 tokio::time::timeout(self.resync_interval, self.subscription.receiver.recv()).await;
             let flow = match received {
-                // Quiet for a while: make sure nothing was lost.
-                Err(_) => self.catch_up().await?,
+                // Quiet for a while: make sure nothing was lost, and that the execution still exists.
+                Err(_) => match self.catch_up().await? {
+                    Flow::Continue => self.check_exists().await?,
+                    done => done,
+                },
                 Ok(Ok(bytes)) => {
                     let event = BusEvent::decode(&bytes)?;
                     if event.seq <= self.after_seq {
@@ -112,6 +115,29 @@ impl Forward {
         }
     }
 
+    /// An execution whose state vanished (expired, or Redis lost its data) will never send its terminal
+    /// event: say so instead of waiting forever.
+    async fn check_exists(&mut self) -> Result<Flow, BusError> {
+        let Topic::Execution(id) = &self.topic else {
+            return Ok(Flow::Continue);
+        };
+        if self.bus.execution_info(id).await?.is_some() {
+            return Ok(Flow::Continue);
+        }
+        let frame = ServerFrame::new(ServerMessage::error(
+            ErrorCode::NotFound,
+            format!(
+                "execution {id} no longer exists (expired, or its state was lost); run it again"
+            ),
+            None,
+        ));
+        let _ = self
+            .out
+            .send(Outbound::Frame(ByteString::from(frame.to_text())))
+            .await;
+        Ok(Flow::Done)
+    }
+
     async fn send(&mut self, event: BusEvent) -> Flow {
         self.after_seq = event.seq;
         let shared = matches!(self.topic, Topic::Session(_))
@@ -141,7 +167,7 @@ impl Forward {
         let frame = ServerFrame::new(ServerMessage::error(
             ErrorCode::NotFound,
             format!(
-                "events {}..{} of {:?} are no longer retained; continuing at {next}",
+                "events {}..{} of {} are no longer retained; continuing at {next}",
                 self.after_seq + 1,
                 next - 1,
                 self.topic

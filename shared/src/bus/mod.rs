@@ -97,6 +97,15 @@ pub enum Topic {
     Session(String),
 }
 
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topic::Execution(id) => write!(f, "execution {id}"),
+            Topic::Session(id) => write!(f, "session {id}"),
+        }
+    }
+}
+
 impl Topic {
     pub fn id(&self) -> &str {
         match self {
