@@ -75,6 +75,8 @@ impl QueryErrorCode {
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not valid UTF-8 (RFC 6455).
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
@@ -92,6 +94,7 @@ pub mod close {
         match code {
             NORMAL => "normal closure",
             GOING_AWAY => "going away",
+            INVALID_DATA => "text frame is not valid UTF-8",
             POLICY => "policy violation",
             TOO_BIG => "frame too big",
             INTERNAL => "internal error",

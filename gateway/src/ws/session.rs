@@ -149,6 +149,9 @@ pub async fn run(
                     Err(ProtocolError::Io(e)) if e.to_string().contains("maximum continuation size") => {
                         break Some(close_reason(close::TOO_BIG))
                     }
+                    Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        break Some(close_reason(close::INVALID_DATA))
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "protocol error");
                         break Some(CloseReason { code: CloseCode::Protocol, description: Some(e.to_string()) });
