@@ -962,7 +962,7 @@ async fn reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events() 
     expect_joined(&mut a, &p2).await;
     let replay = events_in(&p2, last + 1..=snap);
     assert_eq!(
-        replay.first().map(|f| seq_of(f)),
+        replay.first().map(seq_of),
         Some(last + 1),
         "the replay starts right after afterSeq"
     );
