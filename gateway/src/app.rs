@@ -105,7 +105,10 @@ impl Application {
             cli.ws.clone(),
             cli.collab.clone(),
             backend.embedded,
+            cli.admin_token.clone(),
+            Duration::from_millis(cli.node_status_interval_ms.max(10)),
         ));
+        state.relay_notices();
         let data = web::Data::new(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -117,6 +120,8 @@ impl Application {
                 .service(ws::query)
                 .service(ws::data)
                 .service(ws::collaboration)
+                .service(ws::monitoring)
+                .service(http::post_notice)
         })
         .shutdown_timeout(cli.ws.shutdown_grace_secs)
         // Signals are ours: drain first (see `run_until_stopped`), then stop.

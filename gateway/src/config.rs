@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use c2s_shared::config::{BusArgs, LogArgs};
+use c2s_shared::config::{BusArgs, LogArgs, Secret};
 use c2s_worker::WorkerArgs;
 
 /// Chat2SQL Realtime gateway: terminates client WebSockets and relays through Redis
@@ -27,6 +27,14 @@ pub struct Cli {
     /// database in the system temp directory, removed at exit.
     #[arg(long, env = "C2S_SQLITE_PATH")]
     pub sqlite_path: Option<PathBuf>,
+
+    /// Bearer token of the admin API (`POST /admin/notices`); unset: the admin API is off.
+    #[arg(long, env = "C2S_ADMIN_TOKEN")]
+    pub admin_token: Option<Secret>,
+
+    /// Interval (ms) of `node_status` on `/ws/monitoring`.
+    #[arg(long, env = "C2S_NODE_STATUS_INTERVAL_MS", default_value_t = 5_000)]
+    pub node_status_interval_ms: u64,
 
     #[command(flatten)]
     pub ws: WsArgs,

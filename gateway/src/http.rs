@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use c2s_shared::now_ms;
+use c2s_shared::protocol::{NoticeLevel, ServerFrame, ServerMessage, SystemNotice};
+use serde::Deserialize;
 
 use crate::state::AppState;
 
@@ -47,4 +50,52 @@ pub async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(include_str!("index.html"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NoticeRequest {
+    level: NoticeLevel,
+    message: String,
+}
+
+/// Longest operator notice, in characters.
+const MAX_NOTICE_CHARS: usize = 2_000;
+
+/// `POST /admin/notices {level, message}` with `Authorization: Bearer <C2S_ADMIN_TOKEN>`: a
+/// `system_notice` to every client on every node.
+#[post("/admin/notices")]
+pub async fn post_notice(
+    req: HttpRequest,
+    state: web::Data<Arc<AppState>>,
+    body: web::Json<NoticeRequest>,
+) -> HttpResponse {
+    let Some(token) = &state.admin_token else {
+        return HttpResponse::NotFound().body("the admin API is off: set C2S_ADMIN_TOKEN");
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| token.matches(g)) {
+        return HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .body("a valid admin bearer token is required");
+    }
+    let NoticeRequest { level, message } = body.into_inner();
+    if message.is_empty() || message.chars().count() > MAX_NOTICE_CHARS {
+        return HttpResponse::BadRequest().body(format!(
+            "message must be 1 to {MAX_NOTICE_CHARS} characters"
+        ));
+    }
+    let frame = ServerFrame::new(ServerMessage::SystemNotice(SystemNotice {
+        level,
+        message,
+        timestamp: now_ms(),
+    }))
+    .to_text();
+    match state.bus.publish_notice(&frame).await {
+        Ok(()) => HttpResponse::Accepted().json(serde_json::json!({"status": "sent"})),
+        Err(e) => HttpResponse::ServiceUnavailable().body(format!("notice not sent: {e}")),
+    }
 }

@@ -3,8 +3,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytestring::ByteString;
 use c2s_shared::bus::Bus;
-use tokio::sync::watch;
+use c2s_shared::config::Secret;
+use tokio::sync::{broadcast, watch};
 
 use crate::config::{CollabArgs, WsArgs};
 
@@ -19,7 +21,14 @@ pub struct AppState {
     draining: watch::Sender<bool>,
     /// Open WebSocket connections on this node.
     connections: AtomicUsize,
+    /// Operator notices for every socket on this node (fed from the bus by one task per node).
+    pub notices: broadcast::Sender<ByteString>,
+    pub admin_token: Option<Secret>,
+    pub node_status_interval: std::time::Duration,
 }
+
+/// Notices buffered per node; a socket further behind skips the oldest.
+const NOTICE_BUFFER: usize = 64;
 
 /// Holds one slot of the node's connection cap; frees it when dropped.
 pub struct ConnectionSlot(Arc<AppState>);
@@ -37,8 +46,13 @@ impl AppState {
         ws: WsArgs,
         collab: CollabArgs,
         embedded: bool,
+        admin_token: Option<Secret>,
+        node_status_interval: std::time::Duration,
     ) -> AppState {
         AppState {
+            notices: broadcast::Sender::new(NOTICE_BUFFER),
+            admin_token,
+            node_status_interval,
             node_id,
             bus,
             ws,
@@ -61,6 +75,33 @@ impl AppState {
     /// Fires when the node starts draining.
     pub fn drain_signal(&self) -> watch::Receiver<bool> {
         self.draining.subscribe()
+    }
+
+    /// Relays the bus's operator notices to this node's sockets, for as long as the process lives.
+    pub fn relay_notices(self: &Arc<Self>) {
+        let state = self.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                match state.bus.notices().await {
+                    Ok(mut subscription) => loop {
+                        match subscription.receiver.recv().await {
+                            Ok(bytes) => match ByteString::try_from(bytes) {
+                                Ok(frame) => {
+                                    let _ = state.notices.send(frame);
+                                }
+                                Err(_) => tracing::warn!("dropped a notice that is not UTF-8"),
+                            },
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(missed = n, "notices lagged")
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "subscribing to notices failed; retrying"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     pub fn connections(&self) -> usize {
@@ -89,7 +130,15 @@ mod tests {
     async fn connection_cap_and_drain_flag() {
         let cli = crate::config::Cli::parse_from(["gateway", "--max-connections", "2"]);
         let bus = Arc::new(MemoryBus::new(BusSettings::default()));
-        let state = Arc::new(AppState::new("n".into(), bus, cli.ws, cli.collab, true));
+        let state = Arc::new(AppState::new(
+            "n".into(),
+            bus,
+            cli.ws,
+            cli.collab,
+            true,
+            None,
+            std::time::Duration::from_secs(1),
+        ));
         let a = state.try_connect().unwrap();
         let _b = state.try_connect().unwrap();
         assert!(state.try_connect().is_none());

@@ -53,6 +53,38 @@ impl FromStr for SecretUrl {
     }
 }
 
+/// A secret value (token, password): never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err("empty secret".into());
+        }
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 /// Where the bus lives and how long it keeps things.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BusArgs {
@@ -144,6 +176,15 @@ pub struct LogArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_is_hidden_and_compared() {
+        let s: Secret = "tok3n".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "\"***\"");
+        assert!(s.matches("tok3n"));
+        assert!(!s.matches("tok3"));
+        assert!(!s.matches("tok3m"));
+    }
 
     #[test]
     fn secrets_are_masked() {

@@ -60,6 +60,11 @@ impl Keys {
         format!("{}:live", self.session(session_id))
     }
 
+    /// Pub/sub channel of operator notices for every client on every node.
+    pub fn notices(&self) -> String {
+        format!("{}:notices", self.prefix)
+    }
+
     /// Sorted set of gateway nodes, scored by their last presence heartbeat (ms).
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

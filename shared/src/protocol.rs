@@ -521,6 +521,37 @@ pub struct SharedExecution {
     pub timestamp: i64,
 }
 
+// ---- monitoring ------------------------------------------------------------------------------------------
+
+/// Sent periodically on `/ws/monitoring`: the node this socket is connected to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node_id: String,
+    /// WebSocket connections open on this node.
+    pub connections: usize,
+    pub draining: bool,
+    pub uptime_secs: u64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeLevel {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// An operator's message to every connected client on every node (maintenance, incidents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemNotice {
+    pub level: NoticeLevel,
+    pub message: String,
+    pub timestamp: i64,
+}
+
 /// Every message the server sends, tagged by `type` with its body in `payload`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -543,6 +574,8 @@ pub enum ServerMessage {
     CursorMoved(CursorMoved),
     ChatMessage(ChatBroadcast),
     SharedExecution(SharedExecution),
+    NodeStatus(NodeStatus),
+    SystemNotice(SystemNotice),
 }
 
 impl ServerMessage {

@@ -23,6 +23,8 @@ pub enum Endpoint {
     Data,
     /// `/ws/collaboration/{sessionId}`: a shared query space.
     Collaboration,
+    /// `/ws/monitoring`: latency pings, node status, system notices.
+    Monitoring,
 }
 
 impl Endpoint {
@@ -31,6 +33,7 @@ impl Endpoint {
             Endpoint::Query => "/ws/query",
             Endpoint::Data => "/ws/data",
             Endpoint::Collaboration => "/ws/collaboration",
+            Endpoint::Monitoring => "/ws/monitoring",
         }
     }
 }
@@ -87,6 +90,15 @@ fn upgrade_into(
         }
     }
     Ok(response)
+}
+
+#[get("/ws/monitoring")]
+pub async fn monitoring(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<Arc<AppState>>,
+) -> actix_web::Result<HttpResponse> {
+    upgrade(&req, body, &state, Endpoint::Monitoring)
 }
 
 /// Query parameters of `/ws/collaboration/{sessionId}`. `user`/`name` are a development identity until

@@ -12,8 +12,8 @@ use c2s_shared::bus::{BusEvent, CancelOutcome, Job, Topic};
 use c2s_shared::codes::{close, ErrorCode};
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
-    decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, Pong, QueryCancelled,
-    ServerFrame, ServerMessage, StreamFrom,
+    decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, NodeStatus, Pong,
+    QueryCancelled, ServerFrame, ServerMessage, StreamFrom,
 };
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
@@ -99,6 +99,10 @@ pub async fn run(
     let mut heartbeat = tokio::time::interval(limits.heartbeat_interval());
     let mut last_heard = Instant::now();
     let mut draining = session.state.drain_signal();
+    let mut notices = session.state.notices.subscribe();
+    // node_status goes out on /ws/monitoring only; the first tick is immediate.
+    let mut status_tick = tokio::time::interval(session.state.node_status_interval);
+    let monitoring = endpoint == Endpoint::Monitoring;
     let rate = rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst);
     let mut refused: u32 = 0;
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
@@ -186,6 +190,21 @@ pub async fn run(
             }
             // The node is draining: tell the client to reconnect (elsewhere).
             _ = draining.changed() => {}
+            // An operator notice for every client.
+            notice = notices.recv() => {
+                if let Ok(frame) = notice {
+                    if session.ws.text(frame).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+            // Monitoring sockets: this node's status.
+            _ = status_tick.tick(), if monitoring => {
+                let status = session.node_status();
+                if session.send(status).await.is_err() {
+                    break None;
+                }
+            }
             // Heartbeat: ping the client, close it if it has been silent too long.
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.client_timeout() {
@@ -245,6 +264,16 @@ impl Session {
         self.send(message).await
     }
 
+    fn node_status(&self) -> ServerMessage {
+        ServerMessage::NodeStatus(NodeStatus {
+            node_id: self.state.node_id.clone(),
+            connections: self.state.connections(),
+            draining: self.state.is_draining(),
+            uptime_secs: self.state.started.elapsed().as_secs(),
+            timestamp: now_ms(),
+        })
+    }
+
     /// Handles one text frame; `Err` only when the socket is gone.
     async fn handle_text(&mut self, text: &str) -> Result<(), actix_ws::Closed> {
         let frame = match decode_client_frame(text) {
@@ -293,6 +322,10 @@ impl Session {
                     duplicate: !fresh,
                 })))
             }
+            (Endpoint::Monitoring, _) => Err(refuse(
+                ErrorCode::UnknownType,
+                "/ws/monitoring takes ping only",
+            )),
             (Endpoint::Query | Endpoint::Data, ClientMessage::UpdateQuery(_) | ClientMessage::MoveCursor(_) | ClientMessage::ChatMessage(_)) => {
                 Err(refuse(
                     ErrorCode::UnknownType,

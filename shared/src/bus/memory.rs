@@ -449,6 +449,16 @@ impl Bus for MemoryBus {
         Ok(self.session_append_locked(session_id, session, frame))
     }
 
+    async fn publish_notice(&self, frame: &str) -> Result<(), BusError> {
+        self.hub
+            .deliver(&self.keys.notices(), Bytes::from(frame.to_owned()));
+        Ok(())
+    }
+
+    async fn notices(&self) -> Result<Subscription, BusError> {
+        self.hub.subscribe(&self.keys.notices()).await
+    }
+
     // One process, one node: nobody else to watch.
     async fn node_heartbeat(&self, _node_id: &str) -> Result<(), BusError> {
         Ok(())

@@ -368,6 +368,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Appends any other session event (`shared_execution`).
     async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError>;
 
+    // ---- operator notices -----------------------------------------------------------------------------------
+
+    /// Sends a `system_notice` frame to every node.
+    async fn publish_notice(&self, frame: &str) -> Result<(), BusError>;
+
+    /// Notices sent to every node (payload: the frame).
+    async fn notices(&self) -> Result<Subscription, BusError>;
+
     // ---- presence of gateway nodes ------------------------------------------------------------------------
 
     /// Marks `node_id` alive now.

@@ -864,6 +864,20 @@ impl Bus for RedisBus {
             .await?)
     }
 
+    async fn publish_notice(&self, frame: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.keys.notices())
+            .arg(frame)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn notices(&self) -> Result<Subscription, BusError> {
+        self.hub.subscribe(&self.keys.notices()).await
+    }
+
     async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("ZADD")
