@@ -11,6 +11,7 @@ use anyhow::Context;
 use c2s_shared::bus::{Bus, MemoryBus};
 use c2s_worker::engine::sqlite::{default_demo_path, remove_demo};
 use c2s_worker::{SqliteEngine, Worker};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use crate::config::Cli;
@@ -95,18 +96,21 @@ pub struct Application {
 
 impl Application {
     /// Must run inside an actix system.
-    pub fn build(cli: &Cli, backend: &Backend, node_id: String) -> anyhow::Result<Application> {
+    pub fn build(
+        cli: &Cli,
+        backend: &Backend,
+        node_id: String,
+        metrics: PrometheusHandle,
+    ) -> anyhow::Result<Application> {
         let listener =
             TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(
             node_id,
             backend.bus.clone(),
-            cli.ws.clone(),
-            cli.collab.clone(),
+            cli,
             backend.embedded,
-            cli.admin_token.clone(),
-            Duration::from_millis(cli.node_status_interval_ms.max(10)),
+            metrics,
         ));
         state.relay_notices();
         let data = web::Data::new(state.clone());
@@ -116,6 +120,7 @@ impl Application {
                 .service(http::healthz)
                 .service(http::readyz)
                 .service(http::schema)
+                .service(http::metrics)
                 .service(http::index)
                 .service(ws::query)
                 .service(ws::data)
@@ -168,6 +173,8 @@ impl Application {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The bus and the embedded worker get a multi-threaded runtime of their own; actix runs its
     // per-thread workers beside it.
+    // One recorder per process: the embedded worker's metrics land beside the gateway's.
+    let metrics = c2s_shared::metrics::install().context("installing the metrics recorder")?;
     let bus_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("c2s-bus")
@@ -188,7 +195,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let served = actix_web::rt::System::new().block_on(async {
-        let app = Application::build(&cli, &backend, node_id)?;
+        let app = Application::build(&cli, &backend, node_id, metrics)?;
         // The one line on stdout: tools and tests wait for it to learn the port.
         println!("LISTENING {}", app.addr());
         tracing::info!(addr = %app.addr(), embedded = backend.embedded, "gateway listening");

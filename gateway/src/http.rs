@@ -38,6 +38,14 @@ pub async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics of this node (and, in embedded mode, of its in-process worker).
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
 /// The JSON Schema of every frame, generated from the protocol types.
 #[get("/schema")]
 pub async fn schema() -> HttpResponse {

@@ -23,7 +23,10 @@ pub fn spawn(bus: Arc<dyn Bus>, node_id: String, heartbeat: Duration, ttl: Durat
 }
 
 async fn beat_and_reap(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<(), BusError> {
+    let started = std::time::Instant::now();
     bus.node_heartbeat(node_id).await?;
+    metrics::histogram!(c2s_shared::metrics::REDIS_ROUNDTRIP)
+        .record(started.elapsed().as_secs_f64());
     for dead in bus.dead_nodes(ttl).await? {
         if dead == node_id {
             continue;

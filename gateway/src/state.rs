@@ -8,7 +8,9 @@ use c2s_shared::bus::Bus;
 use c2s_shared::config::Secret;
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{CollabArgs, WsArgs};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::{Cli, CollabArgs, WsArgs};
 
 pub struct AppState {
     pub node_id: String,
@@ -25,6 +27,8 @@ pub struct AppState {
     pub notices: broadcast::Sender<ByteString>,
     pub admin_token: Option<Secret>,
     pub node_status_interval: std::time::Duration,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
 }
 
 /// Notices buffered per node; a socket further behind skips the oldest.
@@ -43,20 +47,21 @@ impl AppState {
     pub fn new(
         node_id: String,
         bus: Arc<dyn Bus>,
-        ws: WsArgs,
-        collab: CollabArgs,
+        cli: &Cli,
         embedded: bool,
-        admin_token: Option<Secret>,
-        node_status_interval: std::time::Duration,
+        metrics: PrometheusHandle,
     ) -> AppState {
         AppState {
             notices: broadcast::Sender::new(NOTICE_BUFFER),
-            admin_token,
-            node_status_interval,
+            admin_token: cli.admin_token.clone(),
+            node_status_interval: std::time::Duration::from_millis(
+                cli.node_status_interval_ms.max(10),
+            ),
+            metrics,
+            ws: cli.ws.clone(),
+            collab: cli.collab.clone(),
             node_id,
             bus,
-            ws,
-            collab,
             embedded,
             started: std::time::Instant::now(),
             draining: watch::Sender::new(false),
@@ -130,15 +135,10 @@ mod tests {
     async fn connection_cap_and_drain_flag() {
         let cli = crate::config::Cli::parse_from(["gateway", "--max-connections", "2"]);
         let bus = Arc::new(MemoryBus::new(BusSettings::default()));
-        let state = Arc::new(AppState::new(
-            "n".into(),
-            bus,
-            cli.ws,
-            cli.collab,
-            true,
-            None,
-            std::time::Duration::from_secs(1),
-        ));
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let state = Arc::new(AppState::new("n".into(), bus, &cli, true, metrics));
         let a = state.try_connect().unwrap();
         let _b = state.try_connect().unwrap();
         assert!(state.try_connect().is_none());

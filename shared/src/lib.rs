@@ -5,6 +5,7 @@ pub mod bus;
 pub mod codes;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod protocol;
 pub mod telemetry;
 

@@ -22,6 +22,8 @@ pub struct EventSink {
     traceparent: Option<String>,
     seq: u64,
     progress: u8,
+    /// When the query started (for the first-chunk latency).
+    started: Instant,
 }
 
 impl EventSink {
@@ -32,6 +34,7 @@ impl EventSink {
             traceparent,
             seq: 0,
             progress: 0,
+            started: Instant::now(),
         }
     }
 
@@ -180,6 +183,11 @@ impl<'a> Chunker<'a> {
             &mut self.rows,
             Vec::with_capacity(self.options.chunk_size as usize),
         );
+        if self.chunk_index == 0 {
+            metrics::histogram!(c2s_shared::metrics::QUERY_FIRST_CHUNK)
+                .record(self.sink.started.elapsed().as_secs_f64());
+        }
+        metrics::counter!(c2s_shared::metrics::ROWS_STREAMED).increment(data.len() as u64);
         let msg = ServerMessage::DataChunk(DataChunk {
             execution_id: self.sink.execution_id.clone(),
             timestamp: now_ms(),

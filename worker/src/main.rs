@@ -15,6 +15,10 @@ struct Cli {
     #[arg(long, env = "C2S_DATABASE_URL")]
     database_url: SecretUrl,
 
+    /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9091); unset: no metrics listener.
+    #[arg(long, env = "C2S_METRICS_BIND")]
+    metrics_bind: Option<std::net::SocketAddr>,
+
     /// Connections in the pool (default: --concurrency).
     #[arg(long, env = "C2S_DB_POOL_SIZE")]
     db_pool_size: Option<u32>,
@@ -36,6 +40,10 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(config = ?cli, "starting worker");
     if cli.bus.redis_url.is_none() {
         anyhow::bail!("--redis-url / C2S_REDIS_URL is required for a standalone worker");
+    }
+    if let Some(addr) = cli.metrics_bind {
+        c2s_shared::metrics::install_with_listener(addr)
+            .with_context(|| format!("serving metrics on {addr}"))?;
     }
     let bus = cli
         .bus

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use c2s_shared::bus::{Bus, BusError, Delivery, TakeOver, Topic};
 use c2s_shared::codes::QueryErrorCode;
+use c2s_shared::metrics as m;
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
     QueryCancelled, QueryCompleted, QueryError, QueryErrorDetail, QueryResult, QueryStarted,
@@ -150,6 +151,9 @@ impl Worker {
                 .values()
                 .map(|(_, delivery_id)| delivery_id.clone())
                 .collect();
+            if let Ok(Some(depth)) = self.bus.queue_depth().await {
+                metrics::gauge!(m::JOB_QUEUE_DEPTH).set(depth as f64);
+            }
             if let Err(e) = self.bus.keep_alive_jobs(&self.id, &mine).await {
                 tracing::warn!(error = %e, "refreshing running jobs failed");
             }
@@ -180,6 +184,7 @@ impl Worker {
         match decision {
             TakeOver::Start => self.process(delivery, true).await,
             TakeOver::Lost => {
+                metrics::counter!(m::JOBS, "outcome" => "worker_lost").increment(1);
                 let ended = self.end_lost(&delivery).await;
                 match ended.and(self.bus.ack_job(&delivery).await) {
                     Ok(()) => {}
@@ -235,7 +240,9 @@ impl Worker {
                 execution_id.clone(),
                 (token.clone(), delivery.delivery_id.clone()),
             );
+        metrics::gauge!(m::WORKER_RUNNING).increment(1.0);
         let outcome = self.run_job(&delivery, &token, started).await;
+        metrics::gauge!(m::WORKER_RUNNING).decrement(1.0);
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -262,9 +269,12 @@ impl Worker {
         let job = &delivery.job;
         if !started && !self.bus.try_start(&job.execution_id, &self.id).await? {
             tracing::info!(execution_id = %job.execution_id, "job cancelled before it started");
+            metrics::counter!(m::JOBS, "outcome" => "skipped").increment(1);
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let waited_ms = (now_ms() - job.enqueued_at_ms).max(0);
+        metrics::histogram!(m::QUERY_QUEUE_WAIT).record(waited_ms as f64 / 1000.0);
         let options = self.args.limits.resolve(&job.options);
         let mut sink = EventSink::new(
             self.bus.clone(),
@@ -305,6 +315,15 @@ impl Worker {
             }
             Err(Failure::Bus(e)) => return Err(e),
         };
+        let outcome = match &terminal {
+            ServerMessage::QueryCompleted(_) => "completed",
+            ServerMessage::QueryCancelled(_) => "cancelled",
+            _ => "error",
+        };
+        metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
+        metrics::histogram!(m::QUERY_EXECUTION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::QUERY_TOTAL)
+            .record((now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0);
         sink.emit(terminal).await
     }
 }

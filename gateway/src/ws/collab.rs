@@ -155,6 +155,10 @@ impl Session {
             cursor_due: None,
             last_cursor_sent: None,
         });
+        metrics::gauge!(c2s_shared::metrics::COLLAB_PARTICIPANTS).increment(1.0);
+        if join.after_seq.is_some() {
+            metrics::counter!(c2s_shared::metrics::RESUMES, "kind" => "session").increment(1);
+        }
         let after = join.after_seq.unwrap_or(snapshot.seq).min(snapshot.seq);
         // The subscription is taken before session_state goes out; events after the snapshot queue up.
         self.follow(Topic::Session(join.session_id), after)
@@ -172,6 +176,7 @@ impl Session {
         let Some(member) = self.member.take() else {
             return;
         };
+        metrics::gauge!(c2s_shared::metrics::COLLAB_PARTICIPANTS).decrement(1.0);
         let left = participant_left_frame(&member.session_id, &member.participant_id, "closed");
         if let Err(e) = self
             .state

@@ -10,6 +10,7 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, MessageStream, Protoco
 use bytestring::ByteString;
 use c2s_shared::bus::{BusEvent, CancelOutcome, Job, Topic};
 use c2s_shared::codes::{close, ErrorCode};
+use c2s_shared::metrics as m;
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
     decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, NodeStatus, Pong,
@@ -103,6 +104,9 @@ pub async fn run(
     // node_status goes out on /ws/monitoring only; the first tick is immediate.
     let mut status_tick = tokio::time::interval(session.state.node_status_interval);
     let monitoring = endpoint == Endpoint::Monitoring;
+    let path = endpoint.path();
+    metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).increment(1.0);
+    metrics::counter!(m::WS_CONNECTIONS_OPENED, "endpoint" => path).increment(1);
     let rate = rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst);
     let mut refused: u32 = 0;
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
@@ -119,7 +123,9 @@ pub async fn run(
                 last_heard = Instant::now();
                 match frame {
                     Ok(AggregatedMessage::Text(text)) => {
+                        metrics::counter!(m::WS_BYTES_IN).increment(text.len() as u64);
                         if rate.check().is_err() {
+                            metrics::counter!(m::RATE_LIMITED).increment(1);
                             refused += 1;
                             if refused > limits.rate_limit_max_refused {
                                 break Some(close_reason(close::POLICY));
@@ -165,11 +171,15 @@ pub async fn run(
             // An event for this client from one of its streams.
             Some(outbound) = outbound.recv() => match outbound {
                 Outbound::Frame(text) => {
+                    count_out(&text);
                     match tokio::time::timeout(limits.send_timeout(), session.ws.text(text)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break None,
                         // The client stopped reading: it resumes elsewhere or later with afterSeq.
-                        Err(_) => break Some(close_reason(close::TRY_AGAIN_LATER)),
+                        Err(_) => {
+                            metrics::counter!(m::SLOW_CONSUMER_CLOSES).increment(1);
+                            break Some(close_reason(close::TRY_AGAIN_LATER));
+                        }
                     }
                 }
                 Outbound::Follow(execution_id) => {
@@ -193,6 +203,7 @@ pub async fn run(
             // An operator notice for every client.
             notice = notices.recv() => {
                 if let Ok(frame) = notice {
+                    count_out(&frame);
                     if session.ws.text(frame).await.is_err() {
                         break None;
                     }
@@ -224,6 +235,12 @@ pub async fn run(
         session.leave().await;
     }
     tracing::debug!(endpoint = endpoint.path(), ?reason, "socket closed");
+    let code = reason
+        .as_ref()
+        .map_or(1006, |r| u16::from(r.code))
+        .to_string();
+    metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).decrement(1.0);
+    metrics::counter!(m::WS_CONNECTIONS_CLOSED, "endpoint" => path, "code" => code).increment(1);
     let _ = session.ws.close(reason).await;
 }
 
@@ -232,6 +249,25 @@ fn rate_limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
     let per_sec = std::num::NonZeroU32::new(per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
     RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
+}
+
+fn client_type(message: &ClientMessage) -> &'static str {
+    match message {
+        ClientMessage::ExecuteQuery(_) => "execute_query",
+        ClientMessage::CancelQuery(_) => "cancel_query",
+        ClientMessage::Resume(_) => "resume",
+        ClientMessage::Subscribe(_) => "subscribe",
+        ClientMessage::Ping(_) => "ping",
+        ClientMessage::UpdateQuery(_) => "update_query",
+        ClientMessage::MoveCursor(_) => "move_cursor",
+        ClientMessage::ChatMessage(_) => "chat_message",
+    }
+}
+
+/// Counts one outgoing frame by type.
+fn count_out(frame: &str) {
+    metrics::counter!(m::WS_MESSAGES_OUT, "type" => m::frame_type(frame).to_owned()).increment(1);
+    metrics::counter!(m::WS_BYTES_OUT).increment(frame.len() as u64);
 }
 
 fn far_future() -> Instant {
@@ -255,6 +291,7 @@ impl Session {
         refusal: Refusal,
         reference: Option<String>,
     ) -> Result<(), actix_ws::Closed> {
+        metrics::counter!(m::WS_ERRORS, "code" => refusal.code.as_str()).increment(1);
         let mut message = ServerMessage::error(refusal.code, refusal.message, reference);
         if let (ServerMessage::Error(body), Some((version, text))) = (&mut message, refusal.current)
         {
@@ -277,11 +314,16 @@ impl Session {
     /// Handles one text frame; `Err` only when the socket is gone.
     async fn handle_text(&mut self, text: &str) -> Result<(), actix_ws::Closed> {
         let frame = match decode_client_frame(text) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                metrics::counter!(m::WS_MESSAGES_IN, "type" => client_type(&frame.message))
+                    .increment(1);
+                frame
+            }
             Err(e) => {
+                metrics::counter!(m::WS_MESSAGES_IN, "type" => "invalid").increment(1);
                 return self
                     .send_error(refuse(e.code, e.message), e.reference)
-                    .await
+                    .await;
             }
         };
         let reference = frame.id.clone();
@@ -409,7 +451,10 @@ impl Session {
         let max_per_user = self.state.ws.max_queries_per_user;
         let enqueued = match followed {
             Ok(()) => match bus.enqueue(&job, max_per_user).await {
-                Ok(true) => Ok(()),
+                Ok(true) => {
+                    metrics::counter!(m::QUERIES_ENQUEUED).increment(1);
+                    Ok(())
+                }
                 Ok(false) => Err(refuse(
                     ErrorCode::RateLimited,
                     format!(
@@ -485,6 +530,7 @@ impl Session {
         if info.is_none() {
             return Err(not_found(&from.execution_id));
         }
+        metrics::counter!(m::RESUMES, "kind" => "execution").increment(1);
         let topic = Topic::Execution(from.execution_id);
         if let Some(previous) = self.streams.remove(&topic) {
             // A resume replaces what this socket was following of that execution.

@@ -259,6 +259,10 @@ impl Bus for MemoryBus {
         Ok(Vec::new())
     }
 
+    async fn queue_depth(&self) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
     async fn keep_alive_jobs(&self, _consumer: &str, _ids: &[String]) -> Result<(), BusError> {
         Ok(())
     }

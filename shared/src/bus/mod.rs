@@ -300,6 +300,9 @@ pub trait Bus: Send + Sync + 'static {
         count: usize,
     ) -> Result<Vec<Delivery>, BusError>;
 
+    /// Jobs in the queue not yet acknowledged (waiting or running), if the bus can tell.
+    async fn queue_depth(&self) -> Result<Option<u64>, BusError>;
+
     /// Resets the idle time of jobs this consumer is still running, so nobody reclaims them.
     async fn keep_alive_jobs(
         &self,

@@ -629,6 +629,15 @@ impl Bus for RedisBus {
         Ok(jobs)
     }
 
+    async fn queue_depth(&self) -> Result<Option<u64>, BusError> {
+        let mut conn = self.conn.clone();
+        let depth: u64 = redis::cmd("XLEN")
+            .arg(self.keys.jobs())
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(depth))
+    }
+
     async fn keep_alive_jobs(
         &self,
         consumer: &str,
