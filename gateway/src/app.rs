@@ -175,6 +175,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // per-thread workers beside it.
     // One recorder per process: the embedded worker's metrics land beside the gateway's.
     let metrics = c2s_shared::metrics::install().context("installing the metrics recorder")?;
+    c2s_shared::metrics::register_gateway();
+    if cli.is_embedded() {
+        c2s_shared::metrics::register_worker();
+    }
     let bus_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("c2s-bus")

@@ -29,6 +29,132 @@ pub const ROWS_STREAMED: &str = "c2s_rows_streamed_total";
 pub const JOB_QUEUE_DEPTH: &str = "c2s_job_queue_depth";
 pub const WORKER_RUNNING: &str = "c2s_worker_running_queries";
 
+/// Describes the gateway's metrics (HELP text) and creates them at zero, so a scrape shows every
+/// one from the start (dashboards and alerts see 0, not "no data").
+pub fn register_gateway() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        WS_CONNECTIONS_OPEN,
+        "WebSocket connections open, by endpoint"
+    );
+    describe_counter!(
+        WS_CONNECTIONS_OPENED,
+        "WebSocket connections accepted, by endpoint"
+    );
+    describe_counter!(WS_CONNECTIONS_CLOSED, "WebSocket connections closed, by endpoint and close code (1006: dropped without a close frame)");
+    describe_counter!(
+        WS_MESSAGES_IN,
+        "client frames received, by type (`invalid` for undecodable ones)"
+    );
+    describe_counter!(
+        WS_BYTES_IN,
+        Unit::Bytes,
+        "bytes of client text frames received"
+    );
+    describe_counter!(WS_MESSAGES_OUT, "frames sent to clients, by type");
+    describe_counter!(WS_BYTES_OUT, Unit::Bytes, "bytes of frames sent to clients");
+    describe_counter!(WS_ERRORS, "error frames sent to clients, by error code");
+    describe_counter!(
+        RESUMES,
+        "resumes: resume/subscribe of an execution, or a session join with afterSeq, by kind"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "sockets closed with 1013 because the client stopped reading"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "client frames refused by the per-connection rate limit"
+    );
+    describe_counter!(QUERIES_ENQUEUED, "query jobs accepted into the job queue");
+    describe_gauge!(
+        COLLAB_PARTICIPANTS,
+        "collaboration participants connected to this node"
+    );
+    describe_histogram!(
+        REDIS_ROUNDTRIP,
+        Unit::Seconds,
+        "Redis round-trip time (presence heartbeat)"
+    );
+    for name in [
+        WS_BYTES_IN,
+        WS_BYTES_OUT,
+        SLOW_CONSUMER_CLOSES,
+        RATE_LIMITED,
+        QUERIES_ENQUEUED,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for kind in ["execution", "session"] {
+        metrics::counter!(RESUMES, "kind" => kind).absolute(0);
+    }
+    metrics::counter!(WS_ERRORS, "code" => "internal").absolute(0);
+    metrics::counter!(WS_MESSAGES_IN, "type" => "invalid").absolute(0);
+    metrics::counter!(WS_MESSAGES_OUT, "type" => "error").absolute(0);
+    for endpoint in [
+        "/ws/query",
+        "/ws/data",
+        "/ws/collaboration",
+        "/ws/monitoring",
+    ] {
+        metrics::gauge!(WS_CONNECTIONS_OPEN, "endpoint" => endpoint).set(0.0);
+        metrics::counter!(WS_CONNECTIONS_OPENED, "endpoint" => endpoint).absolute(0);
+        metrics::counter!(WS_CONNECTIONS_CLOSED, "endpoint" => endpoint, "code" => "1000")
+            .absolute(0);
+    }
+    metrics::gauge!(COLLAB_PARTICIPANTS).set(0.0);
+    let _ = metrics::histogram!(REDIS_ROUNDTRIP);
+}
+
+/// Describes the worker's metrics and creates them at zero (see [`register_gateway`]).
+pub fn register_worker() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        JOBS,
+        "query jobs finished, by outcome (completed, error, cancelled, worker_lost, skipped)"
+    );
+    describe_histogram!(
+        QUERY_QUEUE_WAIT,
+        Unit::Seconds,
+        "time from enqueue to a worker starting the query"
+    );
+    describe_histogram!(
+        QUERY_FIRST_CHUNK,
+        Unit::Seconds,
+        "time from start to the first data_chunk"
+    );
+    describe_histogram!(
+        QUERY_EXECUTION,
+        Unit::Seconds,
+        "time from start to the terminal event"
+    );
+    describe_histogram!(
+        QUERY_TOTAL,
+        Unit::Seconds,
+        "time from enqueue to the terminal event"
+    );
+    describe_counter!(ROWS_STREAMED, "result rows sent in data_chunks");
+    describe_gauge!(
+        JOB_QUEUE_DEPTH,
+        "jobs in the queue not yet acknowledged (waiting or running)"
+    );
+    describe_gauge!(WORKER_RUNNING, "queries this worker is running");
+    for outcome in ["completed", "error", "cancelled", "worker_lost", "skipped"] {
+        metrics::counter!(JOBS, "outcome" => outcome).absolute(0);
+    }
+    metrics::counter!(ROWS_STREAMED).absolute(0);
+    metrics::gauge!(JOB_QUEUE_DEPTH).set(0.0);
+    metrics::gauge!(WORKER_RUNNING).set(0.0);
+    for name in [
+        QUERY_QUEUE_WAIT,
+        QUERY_FIRST_CHUNK,
+        QUERY_EXECUTION,
+        QUERY_TOTAL,
+    ] {
+        let _ = metrics::histogram!(name);
+    }
+}
+
 /// Histogram buckets (seconds): 1 ms to 5 min.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,

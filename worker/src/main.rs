@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = cli.metrics_bind {
         c2s_shared::metrics::install_with_listener(addr)
             .with_context(|| format!("serving metrics on {addr}"))?;
+        c2s_shared::metrics::register_worker();
     }
     let bus = cli
         .bus
