@@ -11,7 +11,7 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = config::Cli::parse();
-    c2s_shared::telemetry::init(&cli.log);
+    let _telemetry = c2s_shared::telemetry::init(&cli.log, "chat2sql-gateway");
     tracing::info!(config = ?cli, "starting gateway");
     app::run(cli)
 }

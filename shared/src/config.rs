@@ -171,6 +171,15 @@ pub struct LogArgs {
     /// Log output format.
     #[arg(long, env = "C2S_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP endpoint traces are exported to, e.g. http://otel-collector:4318 (`/v1/traces` is
+    /// appended). Unset: no trace export.
+    #[arg(long, env = "C2S_OTEL_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+
+    /// How long (ms) spans are batched before export.
+    #[arg(long, env = "C2S_OTEL_BATCH_DELAY_MS", default_value_t = 2_000)]
+    pub otel_batch_delay_ms: u64,
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use c2s_shared::protocol::{
     Column, DataChunk, DataStreamComplete, DataStreamStart, QueryProgress, RowFormat, ServerFrame,
     ServerMessage,
 };
+use c2s_shared::telemetry;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::config::ResolvedOptions;
 
@@ -58,17 +60,38 @@ impl EventSink {
     pub async fn emit(&mut self, message: ServerMessage) -> Result<(), BusError> {
         let seq = self.seq + 1;
         let terminal = message.is_terminal();
-        let frame = ServerFrame {
+        let mut frame = ServerFrame {
             message,
             seq: Some(seq),
             traceparent: self.traceparent.clone(),
         };
-        let event = BusEvent {
-            seq,
-            terminal,
-            frame: ByteString::from(frame.to_text()),
-        };
-        self.bus.publish_event(&self.execution_id, &event).await?;
+        if telemetry::exporting() {
+            // One span per published event; the frame carries it so delivery spans hang below it.
+            let text = frame.to_text();
+            let span = tracing::info_span!(
+                "bus.publish",
+                otel.name = %format!("publish {}", c2s_shared::metrics::frame_type(&text)),
+                otel.kind = "producer",
+                seq,
+            );
+            frame.traceparent = telemetry::traceparent_of(&span, self.traceparent.as_deref());
+            let event = BusEvent {
+                seq,
+                terminal,
+                frame: ByteString::from(frame.to_text()),
+            };
+            self.bus
+                .publish_event(&self.execution_id, &event)
+                .instrument(span)
+                .await?;
+        } else {
+            let event = BusEvent {
+                seq,
+                terminal,
+                frame: ByteString::from(frame.to_text()),
+            };
+            self.bus.publish_event(&self.execution_id, &event).await?;
+        }
         self.seq = seq;
         Ok(())
     }

@@ -36,7 +36,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    c2s_shared::telemetry::init(&cli.log);
+    let _telemetry = c2s_shared::telemetry::init(&cli.log, "chat2sql-worker");
     tracing::info!(config = ?cli, "starting worker");
     if cli.bus.redis_url.is_none() {
         anyhow::bail!("--redis-url / C2S_REDIS_URL is required for a standalone worker");

@@ -14,8 +14,10 @@ use c2s_shared::protocol::{
     QueryCancelled, QueryCompleted, QueryError, QueryErrorDetail, QueryResult, QueryStarted,
     ServerMessage,
 };
+use c2s_shared::telemetry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::WorkerArgs;
 use crate::engine::{Failure, SqlEngine};
@@ -267,6 +269,27 @@ impl Worker {
         started: bool,
     ) -> Result<(), BusError> {
         let job = &delivery.job;
+        let span = tracing::info_span!(
+            "worker.execute",
+            otel.name = "worker execute",
+            otel.kind = "consumer",
+            execution_id = %job.execution_id,
+            worker_id = %self.id,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, job.traceparent.as_deref());
+        self.run_job_traced(delivery, cancel, started)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_job_traced(
+        &self,
+        delivery: &Delivery,
+        cancel: &CancellationToken,
+        started: bool,
+    ) -> Result<(), BusError> {
+        let job = &delivery.job;
         if !started && !self.bus.try_start(&job.execution_id, &self.id).await? {
             tracing::info!(execution_id = %job.execution_id, "job cancelled before it started");
             metrics::counter!(m::JOBS, "outcome" => "skipped").increment(1);
@@ -276,11 +299,10 @@ impl Worker {
         let waited_ms = (now_ms() - job.enqueued_at_ms).max(0);
         metrics::histogram!(m::QUERY_QUEUE_WAIT).record(waited_ms as f64 / 1000.0);
         let options = self.args.limits.resolve(&job.options);
-        let mut sink = EventSink::new(
-            self.bus.clone(),
-            job.execution_id.clone(),
-            job.traceparent.clone(),
-        );
+        // Events continue the trace from this worker's span.
+        let traceparent =
+            telemetry::traceparent_of(&tracing::Span::current(), job.traceparent.as_deref());
+        let mut sink = EventSink::new(self.bus.clone(), job.execution_id.clone(), traceparent);
         sink.emit(ServerMessage::QueryStarted(QueryStarted {
             execution_id: job.execution_id.clone(),
             timestamp: now_ms(),
@@ -321,6 +343,11 @@ impl Worker {
             _ => "error",
         };
         metrics::counter!(m::JOBS, "outcome" => outcome).increment(1);
+        tracing::info!(
+            outcome,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "query finished"
+        );
         metrics::histogram!(m::QUERY_EXECUTION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::QUERY_TOTAL)
             .record((now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0);

@@ -60,8 +60,14 @@ pub fn participant_left_frame(session_id: &str, participant_id: &str, reason: &s
     .to_text()
 }
 
+/// Encodes a session event, carrying the current span's trace context to every participant's node.
 fn frame(message: ServerMessage) -> String {
-    ServerFrame::new(message).to_text()
+    ServerFrame {
+        message,
+        seq: None,
+        traceparent: c2s_shared::telemetry::traceparent_of(&tracing::Span::current(), None),
+    }
+    .to_text()
 }
 
 impl Session {

@@ -16,8 +16,10 @@ use c2s_shared::codes::ErrorCode;
 use c2s_shared::protocol::{ServerFrame, ServerMessage};
 
 use super::session::Outbound;
+use c2s_shared::telemetry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// How a session event announcing a shared execution starts: the session's participants then follow it.
 const SHARED_EXECUTION_PREFIX: &str = r#"{"type":"shared_execution","#;
@@ -152,7 +154,25 @@ impl Forward {
         } else {
             None
         };
-        if self.out.send(Outbound::Frame(event.frame)).await.is_err() || event.terminal {
+        let delivered = if telemetry::exporting() {
+            // One span per delivered frame, child of the span that published it (on whichever node).
+            let span = tracing::info_span!(
+                "gateway.deliver",
+                otel.name = %format!("deliver {}", c2s_shared::metrics::frame_type(&event.frame)),
+                otel.kind = "consumer",
+                topic = %self.topic,
+                seq = event.seq,
+                trace_id = tracing::field::Empty,
+            );
+            telemetry::continue_trace(&span, telemetry::frame_traceparent(&event.frame));
+            self.out
+                .send(Outbound::Frame(event.frame))
+                .instrument(span)
+                .await
+        } else {
+            self.out.send(Outbound::Frame(event.frame)).await
+        };
+        if delivered.is_err() || event.terminal {
             return Flow::Done;
         }
         if let Some(execution_id) = follow {

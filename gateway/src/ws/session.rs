@@ -16,9 +16,11 @@ use c2s_shared::protocol::{
     decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, NodeStatus, Pong,
     QueryCancelled, ServerFrame, ServerMessage, StreamFrom,
 };
+use c2s_shared::telemetry;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::collab::{CollabJoin, Member};
 use super::forward::Forward;
@@ -244,6 +246,13 @@ pub async fn run(
     let _ = session.ws.close(reason).await;
 }
 
+/// A span for a collaboration action; the session events it writes carry its context.
+fn collab_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("collab", otel.name = name, trace_id = tracing::field::Empty,);
+    telemetry::continue_trace(&span, traceparent);
+    span
+}
+
 /// The per-connection token bucket (rate and burst of at least 1).
 fn rate_limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
     let per_sec = std::num::NonZeroU32::new(per_sec.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
@@ -346,10 +355,23 @@ impl Session {
                 server_time: now_ms(),
             }))),
             (Endpoint::Query | Endpoint::Collaboration, ClientMessage::ExecuteQuery(request)) => {
-                self.execute(request, id, traceparent).await.map(Some)
+                let span = tracing::info_span!(
+                    "gateway.receive",
+                    otel.name = "gateway receive execute_query",
+                    otel.kind = "server",
+                    node = %self.state.node_id,
+                    trace_id = tracing::field::Empty,
+                );
+                telemetry::continue_trace(&span, traceparent.as_deref());
+                self.execute(request, id, traceparent)
+                    .instrument(span)
+                    .await
+                    .map(Some)
             }
             (Endpoint::Collaboration, ClientMessage::UpdateQuery(update)) => {
-                self.update_query(update).await?;
+                self.update_query(update)
+                    .instrument(collab_span("collab update_query", traceparent.as_deref()))
+                    .await?;
                 Ok(id.map(|id| ack(Some(id), None)))
             }
             (Endpoint::Collaboration, ClientMessage::MoveCursor(moved)) => {
@@ -357,7 +379,10 @@ impl Session {
                 Ok(None)
             }
             (Endpoint::Collaboration, ClientMessage::ChatMessage(chat)) => {
-                let fresh = self.chat(chat.message).await?;
+                let fresh = self
+                    .chat(chat.message)
+                    .instrument(collab_span("collab chat_message", traceparent.as_deref()))
+                    .await?;
                 Ok(id.map(|id| ServerMessage::Ack(Ack {
                     id: Some(id),
                     execution_id: None,
@@ -433,12 +458,19 @@ impl Session {
                 }));
             }
         }
+        tracing::Span::current().record("execution_id", execution_id.as_str());
+        let enqueue_span = tracing::info_span!(
+            "bus.enqueue",
+            otel.name = "enqueue job",
+            otel.kind = "producer"
+        );
         let job = Job {
             execution_id: execution_id.clone(),
             owner: self.user.clone(),
             query: request.query,
             options: request.options.unwrap_or_default(),
-            traceparent,
+            // The worker continues the trace from the enqueue span.
+            traceparent: telemetry::traceparent_of(&enqueue_span, traceparent.as_deref()),
             enqueued_at_ms: now_ms(),
         };
         let topic = Topic::Execution(execution_id.clone());
@@ -450,7 +482,11 @@ impl Session {
         };
         let max_per_user = self.state.ws.max_queries_per_user;
         let enqueued = match followed {
-            Ok(()) => match bus.enqueue(&job, max_per_user).await {
+            Ok(()) => match bus
+                .enqueue(&job, max_per_user)
+                .instrument(enqueue_span)
+                .await
+            {
                 Ok(true) => {
                     metrics::counter!(m::QUERIES_ENQUEUED).increment(1);
                     Ok(())

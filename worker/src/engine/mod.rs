@@ -103,6 +103,22 @@ pub trait SqlEngine: Send + Sync + 'static {
     ) -> Result<Completed, Failure>;
 }
 
+/// Longest `db.statement` recorded on a span, in characters.
+const STATEMENT_EXCERPT_CHARS: usize = 1_000;
+
+/// The span of one SQL execution (OpenTelemetry database conventions); `db.rows` is recorded at the end.
+pub fn db_span(system: &'static str, sql: &str) -> tracing::Span {
+    let excerpt: String = sql.chars().take(STATEMENT_EXCERPT_CHARS).collect();
+    tracing::info_span!(
+        "db.query",
+        otel.name = "db query",
+        otel.kind = "client",
+        db.system = system,
+        db.statement = %excerpt,
+        db.rows = tracing::field::Empty,
+    )
+}
+
 /// A bind parameter from `options.params`, typed the way the database will see it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgTypeInfo};
 use sqlx::{Arguments, Column as _, Executor, Postgres, Statement, Type, TypeInfo};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{parse_params, Completed, Failure, Param, SqlEngine};
 use crate::config::{QueryLimits, ResolvedOptions};
@@ -206,9 +207,14 @@ impl SqlEngine for PostgresEngine {
             .execute(begin.as_str())
             .await
             .map_err(Failure::from_sqlx)?;
+        let span = super::db_span("postgresql", &job.query);
         let result = self
             .stream(&mut conn, pid, job, options, sink, cancel)
+            .instrument(span.clone())
             .await;
+        if let Ok(done) = &result {
+            span.record("db.rows", done.row_count);
+        }
         // Nothing to keep: the transaction was read-only. A connection in doubt (an internal error,
         // a query that would not stop, a lost bus) or that cannot roll back is closed, not reused.
         let clean = match &result {
