@@ -29,6 +29,8 @@ pub struct AppState {
     pub node_status_interval: std::time::Duration,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Local participants per collaboration session (for the active-sessions gauge).
+    local_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// Notices buffered per node; a socket further behind skips the oldest.
@@ -58,6 +60,7 @@ impl AppState {
                 cli.node_status_interval_ms.max(10),
             ),
             metrics,
+            local_sessions: Default::default(),
             ws: cli.ws.clone(),
             collab: cli.collab.clone(),
             node_id,
@@ -107,6 +110,30 @@ impl AppState {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
+    }
+
+    /// A participant of `session_id` joined (true) or left (false) on this node.
+    pub fn count_participant(&self, session_id: &str, joined: bool) {
+        use c2s_shared::metrics as m;
+        let mut sessions = self
+            .local_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if joined {
+            let n = sessions.entry(session_id.to_owned()).or_default();
+            *n += 1;
+            metrics::gauge!(m::COLLAB_PARTICIPANTS).increment(1.0);
+            if *n == 1 {
+                metrics::gauge!(m::COLLAB_SESSIONS).increment(1.0);
+            }
+        } else if let Some(n) = sessions.get_mut(session_id) {
+            *n -= 1;
+            metrics::gauge!(m::COLLAB_PARTICIPANTS).decrement(1.0);
+            if *n == 0 {
+                sessions.remove(session_id);
+                metrics::gauge!(m::COLLAB_SESSIONS).decrement(1.0);
+            }
+        }
     }
 
     pub fn connections(&self) -> usize {

@@ -18,6 +18,7 @@ pub const SLOW_CONSUMER_CLOSES: &str = "c2s_slow_consumer_closes_total";
 pub const RATE_LIMITED: &str = "c2s_rate_limited_total";
 pub const QUERIES_ENQUEUED: &str = "c2s_queries_enqueued_total";
 pub const COLLAB_PARTICIPANTS: &str = "c2s_collab_participants";
+pub const COLLAB_SESSIONS: &str = "c2s_collab_sessions";
 pub const REDIS_ROUNDTRIP: &str = "c2s_redis_roundtrip_seconds";
 
 pub const JOBS: &str = "c2s_jobs_total";
@@ -103,6 +104,7 @@ pub fn register_gateway() {
             .absolute(0);
     }
     metrics::gauge!(COLLAB_PARTICIPANTS).set(0.0);
+    metrics::gauge!(COLLAB_SESSIONS).set(0.0);
     let _ = metrics::histogram!(REDIS_ROUNDTRIP);
 }
 

@@ -161,7 +161,7 @@ impl Session {
             cursor_due: None,
             last_cursor_sent: None,
         });
-        metrics::gauge!(c2s_shared::metrics::COLLAB_PARTICIPANTS).increment(1.0);
+        self.state.count_participant(&join.session_id, true);
         if join.after_seq.is_some() {
             metrics::counter!(c2s_shared::metrics::RESUMES, "kind" => "session").increment(1);
         }
@@ -182,7 +182,7 @@ impl Session {
         let Some(member) = self.member.take() else {
             return;
         };
-        metrics::gauge!(c2s_shared::metrics::COLLAB_PARTICIPANTS).decrement(1.0);
+        self.state.count_participant(&member.session_id, false);
         let left = participant_left_frame(&member.session_id, &member.participant_id, "closed");
         if let Err(e) = self
             .state
