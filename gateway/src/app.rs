@@ -102,6 +102,7 @@ impl Application {
         node_id: String,
         metrics: PrometheusHandle,
     ) -> anyhow::Result<Application> {
+        let auth = crate::auth::Authenticator::from_cli(cli)?;
         let listener =
             TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
@@ -111,6 +112,7 @@ impl Application {
             cli,
             backend.embedded,
             metrics,
+            auth,
         ));
         state.relay_notices();
         let data = web::Data::new(state.clone());
@@ -173,6 +175,8 @@ impl Application {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The bus and the embedded worker get a multi-threaded runtime of their own; actix runs its
     // per-thread workers beside it.
+    // Refuse a bad or missing authentication set-up before touching anything else.
+    crate::auth::Authenticator::from_cli(&cli)?;
     // One recorder per process: the embedded worker's metrics land beside the gateway's.
     let metrics = c2s_shared::metrics::install().context("installing the metrics recorder")?;
     c2s_shared::metrics::register_gateway();

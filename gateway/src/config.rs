@@ -40,6 +40,9 @@ pub struct Cli {
     pub ws: WsArgs,
 
     #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
     pub collab: CollabArgs,
 
     #[command(flatten)]
@@ -123,6 +126,43 @@ pub struct WsArgs {
     /// (it resumes with `afterSeq`).
     #[arg(long, env = "C2S_SEND_TIMEOUT_MS", default_value_t = 5_000)]
     pub send_timeout_ms: u64,
+}
+
+/// Who may connect. See README "Security".
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthArgs {
+    /// HS256 shared secret of the JWTs clients present.
+    #[arg(long, env = "C2S_JWT_SECRET")]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the HS256 secret (instead of --jwt-secret; surrounding whitespace ignored).
+    #[arg(long, env = "C2S_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA -> RS256, EC P-256 -> ES256) the JWTs are verified with.
+    #[arg(long, env = "C2S_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "C2S_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "C2S_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew (s) tolerated on `exp` and `nbf`.
+    #[arg(long, env = "C2S_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// Run a networked gateway without authentication (development identities from `?user=&name=`).
+    #[arg(long, env = "C2S_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Browser origins allowed to open sockets (comma-separated, `*` for any); other origins get 1008.
+    /// Empty: no check. Requests without an Origin header (non-browser clients) are not affected.
+    #[arg(long, env = "C2S_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// Collaboration sessions and presence.

@@ -1,6 +1,7 @@
 //! `gateway`: the WebSocket server. See the README for the protocol and the configuration.
 
 mod app;
+mod auth;
 mod config;
 mod http;
 mod presence;

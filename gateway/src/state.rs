@@ -29,6 +29,9 @@ pub struct AppState {
     pub node_status_interval: std::time::Duration,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Verifies the identity of each upgrade.
+    pub auth: crate::auth::Authenticator,
+    pub allowed_origins: Vec<String>,
     /// Local participants per collaboration session (for the active-sessions gauge).
     local_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -52,8 +55,11 @@ impl AppState {
         cli: &Cli,
         embedded: bool,
         metrics: PrometheusHandle,
+        auth: crate::auth::Authenticator,
     ) -> AppState {
         AppState {
+            auth,
+            allowed_origins: cli.auth.allowed_origins.clone(),
             notices: broadcast::Sender::new(NOTICE_BUFFER),
             admin_token: cli.admin_token.clone(),
             node_status_interval: std::time::Duration::from_millis(
@@ -165,7 +171,14 @@ mod tests {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
-        let state = Arc::new(AppState::new("n".into(), bus, &cli, true, metrics));
+        let state = Arc::new(AppState::new(
+            "n".into(),
+            bus,
+            &cli,
+            true,
+            metrics,
+            crate::auth::Authenticator::Off,
+        ));
         let a = state.try_connect().unwrap();
         let _b = state.try_connect().unwrap();
         assert!(state.try_connect().is_none());

@@ -111,6 +111,13 @@ pub struct SendChat {
     pub message: OutgoingChat,
 }
 
+/// `refresh_token`: a fresh JWT for the same user, sent before the current one expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshToken {
+    pub token: String,
+}
+
 /// Every message a client may send, tagged by `type` with its body in `payload`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
@@ -123,6 +130,7 @@ pub enum ClientMessage {
     UpdateQuery(UpdateQuery),
     MoveCursor(MoveCursor),
     ChatMessage(SendChat),
+    RefreshToken(RefreshToken),
 }
 
 /// The `type` of every `ClientMessage` variant: tells an unknown type from a malformed known one.
@@ -135,6 +143,7 @@ pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "update_query",
     "move_cursor",
     "chat_message",
+    "refresh_token",
 ];
 
 /// A decoded client frame: the message and the envelope fields that travel beside it.
@@ -655,6 +664,7 @@ mod tests {
             r#"{"type":"update_query","payload":{"query":"select 2","baseVersion":1}}"#,
             r#"{"type":"move_cursor","payload":{"cursor":{"line":1,"ch":4}}}"#,
             r#"{"type":"chat_message","payload":{"message":{"id":"m1","content":"hi","authorId":"spoofed"}}}"#,
+            r#"{"type":"refresh_token","payload":{"token":"x.y.z"}}"#,
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
         for s in samples {

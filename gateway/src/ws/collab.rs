@@ -24,8 +24,6 @@ pub const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, Clone)]
 pub struct CollabJoin {
     pub session_id: String,
-    pub user: String,
-    pub name: String,
     pub after_seq: Option<u64>,
 }
 
@@ -85,11 +83,11 @@ impl Session {
         let participant = Participant {
             id: format!(
                 "{}#{}",
-                join.user,
+                self.identity.user_id,
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
-            user_id: join.user.clone(),
-            name: join.name.clone(),
+            user_id: self.identity.user_id.clone(),
+            name: self.identity.name.clone(),
             node_id: self.state.node_id.clone(),
             joined_at: now_ms(),
         };
@@ -156,7 +154,7 @@ impl Session {
         self.member = Some(Member {
             session_id: join.session_id.clone(),
             participant_id: participant.id,
-            name: join.name,
+            name: self.identity.name.clone(),
             pending_cursor: None,
             cursor_due: None,
             last_cursor_sent: None,

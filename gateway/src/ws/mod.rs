@@ -10,6 +10,10 @@ use std::sync::Arc;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use c2s_shared::codes::{close, ErrorCode};
+use c2s_shared::protocol::{ServerFrame, ServerMessage};
+
+use crate::auth;
 use crate::state::AppState;
 pub use collab::participant_left_frame;
 use collab::{valid_session_id, CollabJoin, MAX_NAME_LEN};
@@ -47,6 +51,22 @@ fn upgrade(
     upgrade_into(req, body, state, endpoint, None)
 }
 
+/// Development identity parameters (`?user=&name=`), used only when authentication is off.
+#[derive(Debug, Default, Deserialize)]
+struct DevIdentity {
+    user: Option<String>,
+    name: Option<String>,
+}
+
+/// Why an upgrade is refused: the `error` frame sent, then the close code.
+struct UpgradeRefusal {
+    code: ErrorCode,
+    message: String,
+    close: u16,
+}
+
+/// Completes every upgrade (so a browser sees the close code, not a failed handshake), then checks in
+/// order: origin (1008), identity (4001), session access (4003), node capacity (1013).
 fn upgrade_into(
     req: &HttpRequest,
     body: web::Payload,
@@ -60,35 +80,54 @@ fn upgrade_into(
             .insert_header(("Retry-After", "1"))
             .body("draining: reconnect to another node"));
     }
+    let dev = web::Query::<DevIdentity>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let checked = if !auth::origin_allowed(req, &state.allowed_origins) {
+        Err(UpgradeRefusal {
+            code: ErrorCode::Forbidden,
+            message: "this Origin may not open sockets here".into(),
+            close: close::POLICY,
+        })
+    } else {
+        match state.auth.identify(req, dev.user, dev.name) {
+            Err(e) => Err(UpgradeRefusal {
+                code: ErrorCode::Unauthorized,
+                message: e.to_string(),
+                close: close::UNAUTHORIZED,
+            }),
+            Ok(identity) => match &collab {
+                Some(join) if !identity.may_join(&join.session_id) => Err(UpgradeRefusal {
+                    code: ErrorCode::Forbidden,
+                    message: format!("your token does not grant session {}", join.session_id),
+                    close: close::FORBIDDEN,
+                }),
+                _ => Ok(identity),
+            },
+        }
+    };
     let (response, mut ws, stream) = actix_ws::handle(req, body)?;
     let state = Arc::clone(state.get_ref());
-    match state.try_connect() {
-        Some(slot) => {
-            actix_web::rt::spawn(session::run(state, endpoint, ws, stream, collab, slot));
+    let slot = state.try_connect();
+    let refused = match (checked, slot) {
+        (Ok(identity), Some(slot)) => {
+            actix_web::rt::spawn(session::run(
+                state, endpoint, ws, stream, identity, collab, slot,
+            ));
+            return Ok(response);
         }
-        None => {
-            // Over the cap: complete the upgrade so a browser sees why (1013), then close.
-            actix_web::rt::spawn(async move {
-                let _ = ws
-                    .text(
-                        c2s_shared::protocol::ServerFrame::new(
-                            c2s_shared::protocol::ServerMessage::error(
-                                c2s_shared::codes::ErrorCode::Unavailable,
-                                "this node is at its connection limit; retry shortly",
-                                None,
-                            ),
-                        )
-                        .to_text(),
-                    )
-                    .await;
-                let _ = ws
-                    .close(Some(session::close_reason(
-                        c2s_shared::codes::close::TRY_AGAIN_LATER,
-                    )))
-                    .await;
-            });
-        }
-    }
+        (Err(refusal), _) => refusal,
+        (Ok(_), None) => UpgradeRefusal {
+            code: ErrorCode::Unavailable,
+            message: "this node is at its connection limit; retry shortly".into(),
+            close: close::TRY_AGAIN_LATER,
+        },
+    };
+    actix_web::rt::spawn(async move {
+        let frame = ServerFrame::new(ServerMessage::error(refused.code, refused.message, None));
+        let _ = ws.text(frame.to_text()).await;
+        let _ = ws.close(Some(session::close_reason(refused.close))).await;
+    });
     Ok(response)
 }
 
@@ -101,14 +140,13 @@ pub async fn monitoring(
     upgrade(&req, body, &state, Endpoint::Monitoring)
 }
 
-/// Query parameters of `/ws/collaboration/{sessionId}`. `user`/`name` are a development identity until
-/// token authentication replaces them.
+/// Query parameters of `/ws/collaboration/{sessionId}` (besides the identity ones).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CollabParams {
+    after_seq: Option<u64>,
     user: Option<String>,
     name: Option<String>,
-    after_seq: Option<u64>,
 }
 
 #[get("/ws/collaboration/{session_id}")]
@@ -126,16 +164,16 @@ pub async fn collaboration(
         )));
     }
     let params = params.into_inner();
-    let user = params.user.unwrap_or_else(|| "anonymous".into());
-    let name = params.name.unwrap_or_else(|| user.clone());
-    if user.is_empty() || user.len() > MAX_NAME_LEN || name.len() > MAX_NAME_LEN {
+    let too_long = |v: &Option<String>| {
+        v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > MAX_NAME_LEN)
+    };
+    if too_long(&params.user) || too_long(&params.name) {
         return Ok(HttpResponse::BadRequest()
             .body(format!("user and name must be 1 to {MAX_NAME_LEN} bytes")));
     }
     let join = CollabJoin {
         session_id,
-        user,
-        name,
         after_seq: params.after_seq,
     };
     upgrade_into(&req, body, &state, Endpoint::Collaboration, Some(join))

@@ -25,10 +25,8 @@ use tracing::Instrument;
 use super::collab::{CollabJoin, Member};
 use super::forward::Forward;
 use super::Endpoint;
+use crate::auth::Identity;
 use crate::state::{AppState, ConnectionSlot};
-
-/// The user behind an unauthenticated connection (authentication comes with JWT support).
-const ANONYMOUS: &str = "anonymous";
 
 /// What the streams a socket follows hand to its session task.
 pub enum Outbound {
@@ -57,7 +55,8 @@ pub(super) fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
 pub(super) struct Session {
     pub state: Arc<AppState>,
     pub endpoint: Endpoint,
-    pub user: String,
+    /// Who is connected (from the token, or the development identity).
+    pub identity: Identity,
     pub ws: actix_ws::Session,
     pub out: mpsc::Sender<Outbound>,
     /// Streams this socket follows.
@@ -71,6 +70,7 @@ pub async fn run(
     endpoint: Endpoint,
     ws: actix_ws::Session,
     stream: MessageStream,
+    identity: Identity,
     collab: Option<CollabJoin>,
     _slot: ConnectionSlot,
 ) {
@@ -83,10 +83,7 @@ pub async fn run(
     let mut session = Session {
         state,
         endpoint,
-        user: collab
-            .as_ref()
-            .map(|c| c.user.clone())
-            .unwrap_or_else(|| ANONYMOUS.to_owned()),
+        identity,
         ws,
         out,
         streams: HashMap::new(),
@@ -106,6 +103,13 @@ pub async fn run(
     // node_status goes out on /ws/monitoring only; the first tick is immediate.
     let mut status_tick = tokio::time::interval(session.state.node_status_interval);
     let monitoring = endpoint == Endpoint::Monitoring;
+    // The token's expiry closes the socket with 4001 unless a refresh_token extends it.
+    let token_expiry = |identity: &Identity| {
+        identity.expires_at.map(|exp| {
+            let left = (exp - now_ms() / 1000).max(0) as u64;
+            Instant::now() + std::time::Duration::from_secs(left)
+        })
+    };
     let path = endpoint.path();
     metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).increment(1.0);
     metrics::counter!(m::WS_CONNECTIONS_OPENED, "endpoint" => path).increment(1);
@@ -115,6 +119,7 @@ pub async fn run(
 
     let reason: Option<CloseReason> = loop {
         let cursor_due = session.member.as_ref().and_then(|m| m.cursor_due);
+        let expiry = token_expiry(&session.identity);
         if *draining.borrow_and_update() {
             break Some(close_reason(close::SERVICE_RESTART));
         }
@@ -202,6 +207,12 @@ pub async fn run(
             }
             // The node is draining: tell the client to reconnect (elsewhere).
             _ = draining.changed() => {}
+            // The token expired without a refresh.
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future).into()), if expiry.is_some() => {
+                let e = refuse(ErrorCode::Unauthorized, "your token expired: reconnect with a fresh one");
+                let _ = session.send_error(e, None).await;
+                break Some(close_reason(close::UNAUTHORIZED));
+            }
             // An operator notice for every client.
             notice = notices.recv() => {
                 if let Ok(frame) = notice {
@@ -270,6 +281,7 @@ fn client_type(message: &ClientMessage) -> &'static str {
         ClientMessage::UpdateQuery(_) => "update_query",
         ClientMessage::MoveCursor(_) => "move_cursor",
         ClientMessage::ChatMessage(_) => "chat_message",
+        ClientMessage::RefreshToken(_) => "refresh_token",
     }
 }
 
@@ -308,6 +320,29 @@ impl Session {
             body.current_query = Some(text);
         }
         self.send(message).await
+    }
+
+    /// Replaces the connection's token with a fresh one of the same user (extends its expiry).
+    fn refresh_token(&mut self, token: &str) -> Result<(), Refusal> {
+        if !self.state.auth.is_on() {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "authentication is off: nothing to refresh",
+            ));
+        }
+        let fresh = self
+            .state
+            .auth
+            .verify(token)
+            .map_err(|e| refuse(ErrorCode::Unauthorized, e.to_string()))?;
+        if fresh.user_id != self.identity.user_id {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "a refreshed token must be for the same user (`sub`)",
+            ));
+        }
+        self.identity = fresh;
+        Ok(())
     }
 
     fn node_status(&self) -> ServerMessage {
@@ -389,6 +424,10 @@ impl Session {
                     duplicate: !fresh,
                 })))
             }
+            (_, ClientMessage::RefreshToken(refresh)) => {
+                self.refresh_token(&refresh.token)?;
+                Ok(id.map(|id| ack(Some(id), None)))
+            }
             (Endpoint::Monitoring, _) => Err(refuse(
                 ErrorCode::UnknownType,
                 "/ws/monitoring takes ping only",
@@ -446,7 +485,7 @@ impl Session {
         let execution_id = uuid::Uuid::new_v4().to_string();
         if let Some(client_id) = &client_id {
             let claimed = bus
-                .claim_idempotency(&self.user, client_id, &execution_id)
+                .claim_idempotency(&self.identity.user_id, client_id, &execution_id)
                 .await
                 .map_err(unavailable)?;
             if let Some(existing) = claimed {
@@ -466,12 +505,13 @@ impl Session {
         );
         let job = Job {
             execution_id: execution_id.clone(),
-            owner: self.user.clone(),
+            owner: self.identity.user_id.clone(),
             query: request.query,
             options: request.options.unwrap_or_default(),
             // The worker continues the trace from the enqueue span.
             traceparent: telemetry::traceparent_of(&enqueue_span, traceparent.as_deref()),
             enqueued_at_ms: now_ms(),
+            session_id: self.member.as_ref().map(|m| m.session_id.clone()),
         };
         let topic = Topic::Execution(execution_id.clone());
         // Subscribe before enqueueing: the first event cannot slip past. In a collaboration session every
@@ -510,7 +550,9 @@ impl Session {
                 task.abort();
             }
             if let Some(client_id) = &client_id {
-                let _ = bus.release_idempotency(&self.user, client_id).await;
+                let _ = bus
+                    .release_idempotency(&self.identity.user_id, client_id)
+                    .await;
             }
             return Err(refusal);
         }
@@ -563,8 +605,19 @@ impl Session {
             .execution_info(&from.execution_id)
             .await
             .map_err(unavailable)?;
-        if info.is_none() {
+        let Some(info) = info else {
             return Err(not_found(&from.execution_id));
+        };
+        // Its owner, or anyone who may join the session it was run in.
+        let shared_with_me = info
+            .session_id
+            .as_deref()
+            .is_some_and(|s| self.identity.may_join(s));
+        if info.owner != self.identity.user_id && !shared_with_me {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                format!("execution {} belongs to someone else", from.execution_id),
+            ));
         }
         metrics::counter!(m::RESUMES, "kind" => "execution").increment(1);
         let topic = Topic::Execution(from.execution_id);

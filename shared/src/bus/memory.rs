@@ -18,6 +18,7 @@ use crate::keys::Keys;
 
 struct Execution {
     owner: String,
+    session_id: Option<String>,
     state: &'static str,
     events: VecDeque<BusEvent>,
     touched: Instant,
@@ -128,6 +129,7 @@ impl Bus for MemoryBus {
                 job.execution_id.clone(),
                 Execution {
                     owner: job.owner.clone(),
+                    session_id: job.session_id.clone(),
                     state: "queued",
                     events: VecDeque::new(),
                     touched: Instant::now(),
@@ -176,6 +178,7 @@ impl Bus for MemoryBus {
             .map(|e| ExecutionInfo {
                 owner: e.owner.clone(),
                 state: e.state.to_owned(),
+                session_id: e.session_id.clone(),
             }))
     }
 

@@ -35,7 +35,7 @@ pub enum BusError {
 }
 
 /// A query job, as enqueued by a gateway and taken by a worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Job {
     pub execution_id: String,
@@ -47,6 +47,9 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     pub enqueued_at_ms: i64,
+    /// The collaboration session it was run in (its participants may follow it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// A job handed to one worker; acknowledged with [`Bus::ack_job`] once its terminal event is published.
@@ -202,6 +205,8 @@ pub enum TakeOver {
 pub struct ExecutionInfo {
     pub owner: String,
     pub state: String,
+    /// The collaboration session it was run in, if any.
+    pub session_id: Option<String>,
 }
 
 /// Tunables of the bus, with their documented defaults (see `config::BusArgs`).

@@ -43,14 +43,14 @@ return 0
 "#;
 
 /// KEYS: execution hash, user's running set, job stream. ARGV: owner, max per user, now ms, lease ms,
-/// event TTL s, job JSON.
+/// event TTL s, job JSON, session id ('' for none).
 const ENQUEUE: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
 local exec = string.match(KEYS[1], '[^:]+$')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), exec)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'owner', ARGV[1], 'session', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('XADD', KEYS[3], '*', 'job', ARGV[6])
 return 1
@@ -396,6 +396,7 @@ impl Bus for RedisBus {
             .arg(self.settings.user_lease.as_millis() as u64)
             .arg(self.settings.event_ttl.as_secs())
             .arg(body)
+            .arg(job.session_id.as_deref().unwrap_or_default())
             .invoke_async(&mut conn)
             .await?;
         Ok(accepted == 1)
@@ -433,15 +434,18 @@ impl Bus for RedisBus {
 
     async fn execution_info(&self, execution_id: &str) -> Result<Option<ExecutionInfo>, BusError> {
         let mut conn = self.conn.clone();
-        let (state, owner): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.keys.execution(execution_id))
-            .arg("state")
-            .arg("owner")
-            .query_async(&mut conn)
-            .await?;
+        let (state, owner, session): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.keys.execution(execution_id))
+                .arg("state")
+                .arg("owner")
+                .arg("session")
+                .query_async(&mut conn)
+                .await?;
         Ok(state.map(|state| ExecutionInfo {
             owner: owner.unwrap_or_default(),
             state,
+            session_id: session.filter(|s| !s.is_empty()),
         }))
     }
 
@@ -565,14 +569,7 @@ impl Bus for RedisBus {
                 tracing::error!(id = %entry.id, error = %e, "dropping malformed job");
                 self.ack_job(&Delivery {
                     delivery_id: entry.id,
-                    job: Job {
-                        execution_id: String::new(),
-                        owner: String::new(),
-                        query: String::new(),
-                        options: Default::default(),
-                        traceparent: None,
-                        enqueued_at_ms: 0,
-                    },
+                    job: Job::default(),
                 })
                 .await?;
                 Ok(None)

@@ -902,6 +902,11 @@ impl Cluster {
         args.extend(["--node-id".into(), name.clone()]);
         args.extend(self.gateway_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
+        // A networked gateway refuses to start without authentication; tests that do not configure a
+        // JWT key run it explicitly insecure (development identities from ?user=&name=).
+        if !self.embedded && !args.iter().any(|a| a.starts_with("--jwt-")) {
+            args.push("--insecure-no-auth".into());
+        }
         (name, args)
     }
 
@@ -2531,4 +2536,129 @@ pub fn update_query_frame(frame_id: Option<&str>, query: &str, base: Option<u64>
         f["id"] = json!(id);
     }
     f
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Failover and overload (failover.rs, overload.rs)
+// ---------------------------------------------------------------------------------------------------------
+
+/// What [`Client::next_frame`] got.
+#[derive(Debug)]
+pub enum Received {
+    /// A text frame (validated like every other).
+    Frame(Value),
+    /// The connection ended: the code of the server's close frame (None: it ended without one, e.g. the
+    /// node was killed) and the transport error, if any.
+    Closed {
+        code: Option<u16>,
+        error: Option<String>,
+    },
+    /// Nothing within the wait.
+    Timeout,
+}
+
+impl Client {
+    /// The next frame (stashed first), how the connection ended, or `Timeout` after `d`. Unlike
+    /// `try_recv_json` it does not panic when the connection ends: failover tests expect that.
+    pub async fn next_frame(&mut self, d: Duration) -> Received {
+        if let Some(v) = self.stash.pop_front() {
+            return Received::Frame(v);
+        }
+        match self.next_incoming(Instant::now() + d).await {
+            Incoming::Frame(v) => Received::Frame(v),
+            Incoming::Timeout => Received::Timeout,
+            Incoming::Closed => Received::Closed {
+                code: self.close_code,
+                error: self.close_error.clone(),
+            },
+        }
+    }
+
+    /// Every frame (stashed first) until the connection ends, and the close code (None: no close frame).
+    /// Panics if it is still open after `within`.
+    pub async fn recv_until_close(&mut self, within: Duration) -> (Vec<Value>, Option<u16>) {
+        let start = Instant::now();
+        let deadline = start + within;
+        let mut out: Vec<Value> = self.stash.drain(..).collect();
+        loop {
+            match self.next_incoming(deadline).await {
+                Incoming::Frame(v) => out.push(v),
+                Incoming::Closed => return (out, self.close_code),
+                Incoming::Timeout => panic!(
+                    "{}\n  (frames meanwhile: {})",
+                    self.timeout_msg("the end of the connection", start.elapsed()),
+                    describe(&out)
+                ),
+            }
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Like [`ClusterBuilder::start`], but every node (and the key clean-up) uses the Redis at `url`, e.g.
+    /// a `redis-server` the test owns and stops. Nodes added later with `add_gateway`/`add_worker`, and
+    /// `Cluster::redis()`, still use the shared [`redis_url`].
+    pub async fn start_with_redis_url(self, url: &str) -> Cluster {
+        assert!(!self.embedded, "an embedded cluster has no Redis");
+        let _ = binaries();
+        let log_dir = target_dir().join("test-logs").join(&self.name);
+        let _ = std::fs::remove_dir_all(&log_dir);
+        std::fs::create_dir_all(&log_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
+        let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let redis_guard = Some(RedisPrefixGuard {
+            url: url.to_owned(),
+            prefix: prefix.clone(),
+        });
+        let db = if self.database.unwrap_or(self.workers > 0) {
+            Some(TestDb::create().await)
+        } else {
+            None
+        };
+        let mut cluster = Cluster {
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            name: self.name,
+            prefix,
+            embedded: false,
+            db,
+            schema: None,
+            log_dir,
+            gateway_args: self.gateway_args,
+            worker_args: self.worker_args,
+            next_gateway: 0,
+            next_worker: 0,
+            _redis_guard: redis_guard,
+        };
+        let retarget = |(name, mut args): (String, Vec<String>)| {
+            if let Some(pos) = args.iter().position(|a| a == "--redis-url") {
+                args[pos + 1] = url.to_owned();
+            }
+            (name, args)
+        };
+        let worker_specs: Vec<(String, Vec<String>)> = (0..self.workers)
+            .map(|_| retarget(cluster.next_worker_spec(&[])))
+            .collect();
+        let gateway_specs: Vec<(String, Vec<String>)> = (0..self.gateways)
+            .map(|_| retarget(cluster.next_gateway_spec(&[])))
+            .collect();
+        let log_dir = cluster.log_dir.clone();
+        let workers = futures_util::future::join_all(
+            worker_specs
+                .into_iter()
+                .map(|(name, args)| Node::spawn(NodeKind::Worker, name, args, &log_dir)),
+        );
+        let gateways = futures_util::future::join_all(
+            gateway_specs
+                .into_iter()
+                .map(|(name, args)| Node::spawn(NodeKind::Gateway, name, args, &log_dir)),
+        );
+        let (workers, gateways) = tokio::join!(workers, gateways);
+        cluster.workers = workers;
+        cluster.gateways = gateways;
+        if let Some(gw) = cluster.gateways.first() {
+            cluster.schema = Some(Arc::new(SchemaValidator::fetch(gw.addr()).await));
+        }
+        cluster
+    }
 }
