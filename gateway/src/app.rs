@@ -101,8 +101,8 @@ impl Application {
         backend: &Backend,
         node_id: String,
         metrics: PrometheusHandle,
+        auth: crate::auth::Authenticator,
     ) -> anyhow::Result<Application> {
-        let auth = crate::auth::Authenticator::from_cli(cli)?;
         let listener =
             TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
@@ -176,7 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The bus and the embedded worker get a multi-threaded runtime of their own; actix runs its
     // per-thread workers beside it.
     // Refuse a bad or missing authentication set-up before touching anything else.
-    crate::auth::Authenticator::from_cli(&cli)?;
+    let auth = crate::auth::Authenticator::from_cli(&cli)?;
     // One recorder per process: the embedded worker's metrics land beside the gateway's.
     let metrics = c2s_shared::metrics::install().context("installing the metrics recorder")?;
     c2s_shared::metrics::register_gateway();
@@ -203,7 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let served = actix_web::rt::System::new().block_on(async {
-        let app = Application::build(&cli, &backend, node_id, metrics)?;
+        let app = Application::build(&cli, &backend, node_id, metrics, auth)?;
         // The one line on stdout: tools and tests wait for it to learn the port.
         println!("LISTENING {}", app.addr());
         tracing::info!(addr = %app.addr(), embedded = backend.embedded, "gateway listening");
