@@ -30,7 +30,13 @@ pub async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
             .content_type("text/plain")
             .body("draining");
     }
-    match state.bus.ping().await {
+    // A probe answers within a second, Redis or not.
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(1), state.bus.ping()).await;
+    match probe.unwrap_or_else(|_| {
+        Err(c2s_shared::bus::BusError::Unavailable(
+            "redis did not answer within 1 s".into(),
+        ))
+    }) {
         Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready"),
         Err(e) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

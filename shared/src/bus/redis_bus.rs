@@ -30,7 +30,9 @@ use crate::keys::{Keys, WORKER_GROUP};
 
 /// How long one Redis command may take before it counts as failed (blocking reads excepted).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Backoff bounds for re-establishing the pub/sub connection.
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Backoff bounds for re-establishing connections.
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
@@ -222,9 +224,14 @@ impl RedisBus {
         let client = Client::open(url)?;
         let conn = client
             .get_connection_manager_with_config(
+                // Fail fast while Redis is down (callers answer `unavailable` and retry themselves);
+                // the default schedule made every command wait ~9 s before failing.
                 ConnectionManagerConfig::new()
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_connection_timeout(Some(RESPONSE_TIMEOUT)),
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(RECONNECT_MIN)
+                    .set_max_delay(RECONNECT_MAX),
             )
             .await?;
         let keys = Keys::new(settings.key_prefix.clone());
@@ -313,7 +320,7 @@ impl RedisBus {
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new()
                     .set_response_timeout(None)
-                    .set_connection_timeout(Some(RESPONSE_TIMEOUT)),
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT)),
             )
             .await?;
         *slot = Some(c.clone());
