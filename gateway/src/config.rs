@@ -80,6 +80,11 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 
+    /// Bytes of event frames queued for one client before its event streams wait (one frame larger than
+    /// this still goes, alone).
+    #[arg(long, env = "C2S_OUTBOUND_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
     /// Executions one connection may follow at once.
     #[arg(long, env = "C2S_MAX_STREAMS_PER_CONNECTION", default_value_t = 32)]
     pub max_streams_per_connection: usize,

@@ -140,3 +140,45 @@ async fn silent_client_close_code(addr: std::net::SocketAddr) -> Option<u16> {
     }
     None
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_queries_per_user_are_capped_across_nodes() {
+    let cluster = Cluster::builder("limits_per_user")
+        .gateways(2)
+        .workers(1)
+        .gateway_args(["--max-queries-per-user", "2"])
+        .worker_args(["--concurrency", "4"])
+        .start()
+        .await;
+    let url = |node: usize, user: &str| {
+        format!("{}?user={user}", cluster.gateway(node).ws_url("/ws/query"))
+    };
+    let mut a = Client::connect(&url(0, "alice"), Some(cluster.schema())).await;
+    let mut b = Client::connect(&url(1, "alice"), Some(cluster.schema())).await;
+    let slow = "SELECT pg_sleep(1.5) IS NULL AS slept";
+    let first = a.execute(slow, None, None).await;
+    let second = b.execute(slow, None, None).await;
+    // The third, on either node, is over alice's cap.
+    a.send_json(execute_query_frame("SELECT 1", None, Some("third")))
+        .await;
+    let refused = a
+        .recv_until("the refusal", |f| ty(f) == "error")
+        .await
+        .pop()
+        .expect("frame");
+    assert_eq!(refused["payload"]["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["payload"]["ref"], "third");
+    // Someone else is not affected.
+    let mut carol = Client::connect(&url(1, "carol"), Some(cluster.schema())).await;
+    let other = carol.execute("SELECT 1 AS one", None, None).await;
+    carol.collect_execution(&other).await;
+    // Once alice's queries end, she may run again.
+    a.collect_execution(&first).await;
+    b.collect_execution(&second).await;
+    let again = a.execute("SELECT 2 AS two", None, Some("fourth")).await;
+    let frames = a.collect_execution(&again).await;
+    assert_eq!(
+        check_full_stream(&again, &frames).terminal_type(),
+        "query_completed"
+    );
+}

@@ -18,7 +18,7 @@ use c2s_shared::protocol::{ServerFrame, ServerMessage};
 use super::session::Outbound;
 use c2s_shared::telemetry;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 
 /// How a session event announcing a shared execution starts: the session's participants then follow it.
@@ -30,6 +30,10 @@ pub struct Forward {
     pub subscription: Subscription,
     pub after_seq: u64,
     pub out: mpsc::Sender<Outbound>,
+    /// The socket's outbound byte budget: an event frame waits for its size in it before being queued.
+    pub out_bytes: Arc<Semaphore>,
+    /// The size of that budget.
+    pub budget_total: usize,
     pub resync_interval: Duration,
     pub replay_batch: usize,
 }
@@ -54,7 +58,7 @@ impl Forward {
             ));
             let _ = self
                 .out
-                .send(Outbound::Frame(ByteString::from(frame.to_text())))
+                .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
                 .await;
         }
     }
@@ -135,7 +139,7 @@ impl Forward {
         ));
         let _ = self
             .out
-            .send(Outbound::Frame(ByteString::from(frame.to_text())))
+            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
             .await;
         Ok(Flow::Done)
     }
@@ -154,6 +158,16 @@ impl Forward {
         } else {
             None
         };
+        // Bytes beyond the budget wait here (the stream pauses; the log keeps the rest), so a socket never
+        // holds more than C2S_OUTBOUND_QUEUE_BYTES of queued frames (one larger frame takes all of it).
+        let want = u32::try_from(event.frame.len()).unwrap_or(u32::MAX).clamp(
+            1,
+            u32::try_from(self.budget_total).unwrap_or(u32::MAX).max(1),
+        );
+        let budget = match self.out_bytes.clone().acquire_many_owned(want).await {
+            Ok(permit) => Some(permit),
+            Err(_) => return Flow::Done,
+        };
         let delivered = if telemetry::exporting() {
             // One span per delivered frame, child of the span that published it (on whichever node).
             let span = tracing::info_span!(
@@ -166,11 +180,11 @@ impl Forward {
             );
             telemetry::continue_trace(&span, telemetry::frame_traceparent(&event.frame));
             self.out
-                .send(Outbound::Frame(event.frame))
+                .send(Outbound::Frame(event.frame, budget))
                 .instrument(span)
                 .await
         } else {
-            self.out.send(Outbound::Frame(event.frame)).await
+            self.out.send(Outbound::Frame(event.frame, budget)).await
         };
         if delivered.is_err() || event.terminal {
             return Flow::Done;
@@ -196,7 +210,7 @@ impl Forward {
         ));
         let _ = self
             .out
-            .send(Outbound::Frame(ByteString::from(frame.to_text())))
+            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
             .await;
     }
 }

@@ -18,7 +18,7 @@ use c2s_shared::protocol::{
 };
 use c2s_shared::telemetry;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -30,8 +30,8 @@ use crate::state::{AppState, ConnectionSlot};
 
 /// What the streams a socket follows hand to its session task.
 pub enum Outbound {
-    /// A frame to send as is.
-    Frame(ByteString),
+    /// A frame to send as is, holding its bytes' share of the connection's outbound budget until sent.
+    Frame(ByteString, Option<OwnedSemaphorePermit>),
     /// A shared execution was announced in the collaboration session: follow it too.
     Follow(String),
 }
@@ -59,6 +59,8 @@ pub(super) struct Session {
     pub identity: Identity,
     pub ws: actix_ws::Session,
     pub out: mpsc::Sender<Outbound>,
+    /// Bytes of event frames queued for this socket and not yet written (C2S_OUTBOUND_QUEUE_BYTES).
+    pub out_bytes: Arc<Semaphore>,
     /// Streams this socket follows.
     pub streams: HashMap<Topic, JoinHandle<()>>,
     /// This socket's place in a collaboration session.
@@ -86,6 +88,7 @@ pub async fn run(
         identity,
         ws,
         out,
+        out_bytes: Arc::new(Semaphore::new(limits.outbound_queue_bytes.max(1))),
         streams: HashMap::new(),
         member: None,
     };
@@ -177,7 +180,7 @@ pub async fn run(
             }
             // An event for this client from one of its streams.
             Some(outbound) = outbound.recv() => match outbound {
-                Outbound::Frame(text) => {
+                Outbound::Frame(text, _budget) => {
                     count_out(&text);
                     match tokio::time::timeout(limits.send_timeout(), session.ws.text(text)).await {
                         Ok(Ok(())) => {}
@@ -656,6 +659,8 @@ impl Session {
             subscription,
             after_seq,
             out: self.out.clone(),
+            out_bytes: self.out_bytes.clone(),
+            budget_total: self.state.ws.outbound_queue_bytes.max(1),
             resync_interval: self.state.ws.resync_interval(),
             replay_batch: self.state.ws.replay_batch.max(1),
         };
