@@ -60,6 +60,22 @@ impl Keys {
         format!("{}:live", self.session(session_id))
     }
 
+    /// The log (stream) of a topic's events.
+    pub fn topic_events(&self, topic: &crate::bus::Topic) -> String {
+        match topic {
+            crate::bus::Topic::Execution(id) => self.execution_events(id),
+            crate::bus::Topic::Session(id) => self.session_events(id),
+        }
+    }
+
+    /// The live channel of a topic's events.
+    pub fn topic_channel(&self, topic: &crate::bus::Topic) -> String {
+        match topic {
+            crate::bus::Topic::Execution(id) => self.execution_channel(id),
+            crate::bus::Topic::Session(id) => self.session_channel(id),
+        }
+    }
+
     /// Pub/sub channel of operator notices for every client on every node.
     pub fn notices(&self) -> String {
         format!("{}:notices", self.prefix)

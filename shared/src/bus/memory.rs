@@ -228,11 +228,7 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
-        let channel = match topic {
-            Topic::Execution(id) => self.keys.execution_channel(id),
-            Topic::Session(id) => self.keys.session_channel(id),
-        };
-        self.hub.subscribe(&channel).await
+        self.hub.subscribe(&self.keys.topic_channel(topic)).await
     }
 
     async fn next_job(

@@ -479,10 +479,7 @@ impl Bus for RedisBus {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<BusEvent>, BusError> {
-        let key = match topic {
-            Topic::Execution(id) => self.keys.execution_events(id),
-            Topic::Session(id) => self.keys.session_events(id),
-        };
+        let key = self.keys.topic_events(topic);
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(key)
@@ -518,11 +515,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
-        let channel = match topic {
-            Topic::Execution(id) => self.keys.execution_channel(id),
-            Topic::Session(id) => self.keys.session_channel(id),
-        };
-        self.hub.subscribe(&channel).await
+        self.hub.subscribe(&self.keys.topic_channel(topic)).await
     }
 
     async fn next_job(
@@ -679,10 +672,7 @@ impl Bus for RedisBus {
     }
 
     async fn last_seq(&self, topic: &Topic) -> Result<u64, BusError> {
-        let key = match topic {
-            Topic::Execution(id) => self.keys.execution_events(id),
-            Topic::Session(id) => self.keys.session_events(id),
-        };
+        let key = self.keys.topic_events(topic);
         let mut conn = self.conn.clone();
         let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(key)

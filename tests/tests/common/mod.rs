@@ -796,6 +796,12 @@ impl ClusterBuilder {
     }
 
     pub async fn start(self) -> Cluster {
+        self.start_on(None).await
+    }
+
+    /// Starts the cluster; with `redis`, every node (and the key clean-up) uses that Redis instead of the
+    /// shared one.
+    async fn start_on(self, redis: Option<&str>) -> Cluster {
         // Build first (blocking, once per process), so a build failure is reported as such.
         let _ = binaries();
         let log_dir = target_dir().join("test-logs").join(&self.name);
@@ -804,7 +810,7 @@ impl ClusterBuilder {
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
         let redis_guard = (!self.embedded).then(|| RedisPrefixGuard {
-            url: redis_url(),
+            url: redis.map_or_else(redis_url, str::to_owned),
             prefix: prefix.clone(),
         });
         let db = if self.database.unwrap_or(self.workers > 0 && !self.embedded) {
@@ -827,11 +833,18 @@ impl ClusterBuilder {
             next_worker: 0,
             _redis_guard: redis_guard,
         };
+        // Point the nodes at another Redis when asked.
+        let retarget = |(name, mut args): (String, Vec<String>)| {
+            if let (Some(url), Some(pos)) = (redis, args.iter().position(|a| a == "--redis-url")) {
+                args[pos + 1] = url.to_owned();
+            }
+            (name, args)
+        };
         let worker_specs: Vec<(String, Vec<String>)> = (0..self.workers)
-            .map(|_| cluster.next_worker_spec(&[]))
+            .map(|_| retarget(cluster.next_worker_spec(&[])))
             .collect();
         let gateway_specs: Vec<(String, Vec<String>)> = (0..self.gateways)
-            .map(|_| cluster.next_gateway_spec(&[]))
+            .map(|_| retarget(cluster.next_gateway_spec(&[])))
             .collect();
         let log_dir = cluster.log_dir.clone();
         let workers = futures_util::future::join_all(
@@ -2600,65 +2613,6 @@ impl ClusterBuilder {
     /// `Cluster::redis()`, still use the shared [`redis_url`].
     pub async fn start_with_redis_url(self, url: &str) -> Cluster {
         assert!(!self.embedded, "an embedded cluster has no Redis");
-        let _ = binaries();
-        let log_dir = target_dir().join("test-logs").join(&self.name);
-        let _ = std::fs::remove_dir_all(&log_dir);
-        std::fs::create_dir_all(&log_dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
-        let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
-        let redis_guard = Some(RedisPrefixGuard {
-            url: url.to_owned(),
-            prefix: prefix.clone(),
-        });
-        let db = if self.database.unwrap_or(self.workers > 0) {
-            Some(TestDb::create().await)
-        } else {
-            None
-        };
-        let mut cluster = Cluster {
-            gateways: Vec::new(),
-            workers: Vec::new(),
-            name: self.name,
-            prefix,
-            embedded: false,
-            db,
-            schema: None,
-            log_dir,
-            gateway_args: self.gateway_args,
-            worker_args: self.worker_args,
-            next_gateway: 0,
-            next_worker: 0,
-            _redis_guard: redis_guard,
-        };
-        let retarget = |(name, mut args): (String, Vec<String>)| {
-            if let Some(pos) = args.iter().position(|a| a == "--redis-url") {
-                args[pos + 1] = url.to_owned();
-            }
-            (name, args)
-        };
-        let worker_specs: Vec<(String, Vec<String>)> = (0..self.workers)
-            .map(|_| retarget(cluster.next_worker_spec(&[])))
-            .collect();
-        let gateway_specs: Vec<(String, Vec<String>)> = (0..self.gateways)
-            .map(|_| retarget(cluster.next_gateway_spec(&[])))
-            .collect();
-        let log_dir = cluster.log_dir.clone();
-        let workers = futures_util::future::join_all(
-            worker_specs
-                .into_iter()
-                .map(|(name, args)| Node::spawn(NodeKind::Worker, name, args, &log_dir)),
-        );
-        let gateways = futures_util::future::join_all(
-            gateway_specs
-                .into_iter()
-                .map(|(name, args)| Node::spawn(NodeKind::Gateway, name, args, &log_dir)),
-        );
-        let (workers, gateways) = tokio::join!(workers, gateways);
-        cluster.workers = workers;
-        cluster.gateways = gateways;
-        if let Some(gw) = cluster.gateways.first() {
-            cluster.schema = Some(Arc::new(SchemaValidator::fetch(gw.addr()).await));
-        }
-        cluster
+        self.start_on(Some(url)).await
     }
 }

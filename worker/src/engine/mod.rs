@@ -129,6 +129,33 @@ pub enum Param {
     Text(String),
 }
 
+/// Binds the params in order, for any database that encodes these plain types.
+pub fn bind_all<'q, DB: sqlx::Database>(params: &[Param]) -> <DB as sqlx::Database>::Arguments<'q>
+where
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    use sqlx::Arguments;
+    let mut args = <DB as sqlx::Database>::Arguments::<'q>::default();
+    for p in params {
+        // Encoding these plain values cannot fail; an error here would be a driver bug.
+        let r = match p {
+            Param::Null => args.add(None::<String>),
+            Param::Bool(b) => args.add(*b),
+            Param::Int(i) => args.add(*i),
+            Param::Float(f) => args.add(*f),
+            Param::Text(s) => args.add(s.clone()),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "bind failed");
+        }
+    }
+    args
+}
+
 /// Checks `options.params` against the limit and types each value.
 pub fn parse_params(params: Option<&[Value]>, max: usize) -> Result<Vec<Param>, Failure> {
     let params = params.unwrap_or_default();

@@ -10,8 +10,8 @@ use c2s_shared::bus::Job;
 use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::protocol::Column;
 use futures_util::StreamExt;
-use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgTypeInfo};
-use sqlx::{Arguments, Column as _, Executor, Postgres, Statement, Type, TypeInfo};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgTypeInfo};
+use sqlx::{Column as _, Executor, Postgres, Statement, Type, TypeInfo};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -100,7 +100,8 @@ impl PostgresEngine {
         let mut drain_deadline: Option<Instant> = None;
         let mut failure: Option<Failure> = None;
         {
-            let mut rows = sqlx::query_with(&job.query, bind_all(&params)).fetch(&mut *conn);
+            let mut rows = sqlx::query_with(&job.query, super::bind_all::<sqlx::Postgres>(&params))
+                .fetch(&mut *conn);
             loop {
                 if drain_deadline.is_some_and(|d| Instant::now() > d) {
                     // The server did not stop in time: the caller closes this connection.
@@ -238,33 +239,16 @@ fn pg_type_of(p: &Param) -> PgTypeInfo {
     }
 }
 
-fn bind_all(params: &[Param]) -> PgArguments {
-    let mut args = PgArguments::default();
-    for p in params {
-        // Encoding these plain values cannot fail; an error here would be a driver bug.
-        let r = match p {
-            Param::Null => args.add(None::<String>),
-            Param::Bool(b) => args.add(*b),
-            Param::Int(i) => args.add(*i),
-            Param::Float(f) => args.add(*f),
-            Param::Text(s) => args.add(s.clone()),
-        };
-        if let Err(e) = r {
-            tracing::error!(error = %e, "bind failed");
-        }
-    }
-    args
-}
-
 /// The planner's row estimate (`EXPLAIN`, which does not run the query), or None if it cannot tell.
 async fn estimate_rows(conn: &mut sqlx::PgConnection, sql: &str, params: &[Param]) -> Option<u64> {
     // A savepoint keeps a failing EXPLAIN from aborting the query's transaction.
     (&mut *conn).execute("SAVEPOINT c2s_estimate").await.ok()?;
     let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
-    let plan: Result<serde_json::Value, _> = sqlx::query_scalar_with(&explain, bind_all(params))
-        .persistent(false)
-        .fetch_one(&mut *conn)
-        .await;
+    let plan: Result<serde_json::Value, _> =
+        sqlx::query_scalar_with(&explain, super::bind_all::<sqlx::Postgres>(params))
+            .persistent(false)
+            .fetch_one(&mut *conn)
+            .await;
     let release = if plan.is_ok() {
         "RELEASE SAVEPOINT c2s_estimate"
     } else {

@@ -9,11 +9,11 @@ use c2s_shared::bus::Job;
 use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::protocol::Column;
 use futures_util::StreamExt;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Arguments, Column as _, ConnectOptions, Connection, Executor, Statement, TypeInfo};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{Column as _, ConnectOptions, Connection, Executor, Statement, TypeInfo};
 use tokio_util::sync::CancellationToken;
 
-use super::{parse_params, Completed, Failure, Param, SqlEngine};
+use super::{parse_params, Completed, Failure, SqlEngine};
 use crate::config::{QueryLimits, ResolvedOptions};
 use crate::events::{shape_row, Chunker, EventSink, PROGRESS_EXECUTING};
 use crate::sql_json::sqlite_cell;
@@ -85,23 +85,6 @@ impl SqliteEngine {
     }
 }
 
-fn bind_all(params: &[Param]) -> SqliteArguments<'static> {
-    let mut args = SqliteArguments::default();
-    for p in params {
-        let r = match p {
-            Param::Null => args.add(None::<String>),
-            Param::Bool(b) => args.add(*b),
-            Param::Int(i) => args.add(*i),
-            Param::Float(f) => args.add(*f),
-            Param::Text(s) => args.add(s.clone()),
-        };
-        if let Err(e) = r {
-            tracing::error!(error = %e, "bind failed");
-        }
-    }
-    args
-}
-
 #[async_trait]
 impl SqlEngine for SqliteEngine {
     async fn execute(
@@ -126,7 +109,8 @@ impl SqlEngine for SqliteEngine {
         sink.progress(PROGRESS_EXECUTING, "executing", None).await?;
         let mut chunker = Chunker::start(sink, columns, None, options).await?;
         let mut truncated = false;
-        let mut rows = sqlx::query_with(&job.query, bind_all(&params)).fetch(&mut *conn);
+        let mut rows = sqlx::query_with(&job.query, super::bind_all::<sqlx::Sqlite>(&params))
+            .fetch(&mut *conn);
         loop {
             let next = tokio::select! {
                 biased;
