@@ -182,3 +182,47 @@ async fn unfinished_queries_per_user_are_capped_across_nodes() {
         "query_completed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn byte_cap_truncates_after_the_chunk_that_crosses_it() {
+    let cluster = Cluster::builder("limits_byte_cap")
+        .gateways(1)
+        .workers(1)
+        .worker_args(["--max-result-bytes", "20000"])
+        .start()
+        .await;
+    let mut c = cluster.query_client(0).await;
+    let exec = c
+        .execute(
+            "SELECT g AS n, md5(g::text) AS h FROM generate_series(1, 10000) g",
+            Some(json!({"chunkSize": 100, "rowFormat": "arrays"})),
+            None,
+        )
+        .await;
+    let frames = c.collect_execution(&exec).await;
+    let s = check_full_stream(&exec, &frames);
+    let result = &s.terminal["payload"]["result"];
+    assert_eq!(result["truncated"], true, "{result}");
+    let rows = result["rowCount"].as_u64().unwrap();
+    assert_eq!(rows as usize, s.rows.len());
+    assert!(
+        rows < 10_000 && rows.is_multiple_of(100),
+        "cut after a whole chunk: {rows}"
+    );
+    let chunk_bytes: usize = frames
+        .iter()
+        .filter(|f| ty(f) == "data_chunk")
+        .map(|f| f.to_string().len())
+        .sum();
+    let last_chunk = frames
+        .iter()
+        .rev()
+        .find(|f| ty(f) == "data_chunk")
+        .unwrap()
+        .to_string()
+        .len();
+    assert!(
+        chunk_bytes >= 20_000 && chunk_bytes - last_chunk < 20_000,
+        "{chunk_bytes} bytes of chunks, the last {last_chunk}"
+    );
+}

@@ -11,6 +11,11 @@ pub struct QueryLimits {
     #[arg(long, env = "C2S_MAX_ROWS", default_value_t = 1_000_000)]
     pub max_rows: u64,
 
+    /// Byte cap of a query's streamed result (encoded chunks); a larger result is cut after the chunk that
+    /// crosses it and reported with `truncated: true`.
+    #[arg(long, env = "C2S_MAX_RESULT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_result_bytes: u64,
+
     /// Rows per `data_chunk` when the request does not say.
     #[arg(long, env = "C2S_DEFAULT_CHUNK_SIZE", default_value_t = 500)]
     pub default_chunk_size: u32,
@@ -44,6 +49,7 @@ impl Default for QueryLimits {
     fn default() -> Self {
         QueryLimits {
             max_rows: 1_000_000,
+            max_result_bytes: 256 * 1024 * 1024,
             default_chunk_size: 500,
             max_chunk_size: 10_000,
             statement_timeout_ms: 30_000,
@@ -59,6 +65,7 @@ impl Default for QueryLimits {
 #[derive(Debug, Clone)]
 pub struct ResolvedOptions {
     pub max_rows: u64,
+    pub max_bytes: u64,
     pub chunk_size: u32,
     pub timeout: Duration,
     pub lock_timeout: Duration,
@@ -70,6 +77,7 @@ impl QueryLimits {
     pub fn resolve(&self, options: &QueryOptions) -> ResolvedOptions {
         ResolvedOptions {
             max_rows: options.max_rows.unwrap_or(self.max_rows).min(self.max_rows),
+            max_bytes: self.max_result_bytes.max(1),
             chunk_size: options
                 .chunk_size
                 .unwrap_or(self.default_chunk_size)

@@ -57,7 +57,8 @@ impl EventSink {
         &self.execution_id
     }
 
-    pub async fn emit(&mut self, message: ServerMessage) -> Result<(), BusError> {
+    /// Publishes one event; returns the size of its encoded frame.
+    pub async fn emit(&mut self, message: ServerMessage) -> Result<usize, BusError> {
         let seq = self.seq + 1;
         let terminal = message.is_terminal();
         let mut frame = ServerFrame {
@@ -65,35 +66,32 @@ impl EventSink {
             seq: Some(seq),
             traceparent: self.traceparent.clone(),
         };
-        if telemetry::exporting() {
-            // One span per published event; the frame carries it so delivery spans hang below it.
-            let text = frame.to_text();
-            let span = tracing::info_span!(
+        // When exporting traces: one span per published event, and the frame carries it so that the
+        // delivery spans on the gateways hang below it.
+        let span = telemetry::exporting().then(|| {
+            let kind = c2s_shared::metrics::frame_type(&frame.to_text()).to_owned();
+            tracing::info_span!(
                 "bus.publish",
-                otel.name = %format!("publish {}", c2s_shared::metrics::frame_type(&text)),
+                otel.name = %format!("publish {kind}"),
                 otel.kind = "producer",
                 seq,
-            );
-            frame.traceparent = telemetry::traceparent_of(&span, self.traceparent.as_deref());
-            let event = BusEvent {
-                seq,
-                terminal,
-                frame: ByteString::from(frame.to_text()),
-            };
-            self.bus
-                .publish_event(&self.execution_id, &event)
-                .instrument(span)
-                .await?;
-        } else {
-            let event = BusEvent {
-                seq,
-                terminal,
-                frame: ByteString::from(frame.to_text()),
-            };
-            self.bus.publish_event(&self.execution_id, &event).await?;
+            )
+        });
+        if let Some(span) = &span {
+            frame.traceparent = telemetry::traceparent_of(span, self.traceparent.as_deref());
+        }
+        let event = BusEvent {
+            seq,
+            terminal,
+            frame: ByteString::from(frame.to_text()),
+        };
+        let publish = self.bus.publish_event(&self.execution_id, &event);
+        match span {
+            Some(span) => publish.instrument(span).await?,
+            None => publish.await?,
         }
         self.seq = seq;
-        Ok(())
+        Ok(event.frame.len())
     }
 
     /// Emits `query_progress`; `progress` never goes down (a lower value is raised to the last one).
@@ -111,7 +109,7 @@ impl EventSink {
             step: step.to_owned(),
             rows_processed,
         });
-        self.emit(msg).await
+        self.emit(msg).await.map(|_| ())
     }
 }
 
@@ -129,6 +127,8 @@ pub struct Chunker<'a> {
     rows: Vec<Value>,
     chunk_index: u64,
     total_rows: u64,
+    /// Bytes of the chunks sent so far.
+    total_bytes: u64,
     last_progress: Instant,
 }
 
@@ -158,6 +158,7 @@ impl<'a> Chunker<'a> {
             rows: Vec::with_capacity(options.chunk_size as usize),
             chunk_index: 0,
             total_rows: 0,
+            total_bytes: 0,
             last_progress: Instant::now(),
         })
     }
@@ -172,6 +173,11 @@ impl<'a> Chunker<'a> {
 
     pub fn total_rows(&self) -> u64 {
         self.total_rows
+    }
+
+    /// True once the row cap or the byte cap is reached: the next row would go beyond it.
+    pub fn is_full(&self) -> bool {
+        self.total_rows >= self.options.max_rows || self.total_bytes >= self.options.max_bytes
     }
 
     /// Adds one row (already shaped as object or array); emits a chunk when full.
@@ -217,7 +223,7 @@ impl<'a> Chunker<'a> {
             chunk_index: self.chunk_index,
             data,
         });
-        self.sink.emit(msg).await?;
+        self.total_bytes += self.sink.emit(msg).await? as u64;
         self.chunk_index += 1;
         Ok(())
     }

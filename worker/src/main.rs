@@ -12,8 +12,16 @@ use clap::Parser;
 #[command(version, about)]
 struct Cli {
     /// PostgreSQL URL the queries run on, e.g. postgres://reader@127.0.0.1:5432/app (use a read-only role).
-    #[arg(long, env = "C2S_DATABASE_URL")]
-    database_url: SecretUrl,
+    #[arg(
+        long,
+        env = "C2S_DATABASE_URL",
+        required_unless_present = "database_url_file"
+    )]
+    database_url: Option<SecretUrl>,
+
+    /// File holding the PostgreSQL URL (keeps its password out of the environment).
+    #[arg(long, env = "C2S_DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<std::path::PathBuf>,
 
     /// Serve Prometheus metrics at http://<addr>/metrics (e.g. 0.0.0.0:9091); unset: no metrics listener.
     #[arg(long, env = "C2S_METRICS_BIND")]
@@ -55,13 +63,19 @@ async fn main() -> anyhow::Result<()> {
         .db_pool_size
         .unwrap_or(cli.worker.concurrency as u32)
         .max(1);
-    let engine = PostgresEngine::connect(
-        cli.database_url.expose(),
-        pool_size,
-        cli.worker.limits.clone(),
-    )
-    .await
-    .with_context(|| format!("connecting to PostgreSQL at {}", cli.database_url))?;
+    let database_url: SecretUrl = match (&cli.database_url, &cli.database_url_file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading --database-url-file {}", path.display()))?
+            .trim()
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--database-url-file {}: {e}", path.display()))?,
+        (None, None) => anyhow::bail!("--database-url or --database-url-file is required"),
+    };
+    let engine =
+        PostgresEngine::connect(database_url.expose(), pool_size, cli.worker.limits.clone())
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {database_url}"))?;
     let worker = Worker::new(bus, Arc::new(engine), cli.worker.clone());
     worker
         .listen_for_cancels()

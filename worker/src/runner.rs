@@ -227,6 +227,7 @@ impl Worker {
             },
         }))
         .await
+        .map(|_| ())
     }
 
     /// Runs a job; `started` when the take-over already moved it to running.
@@ -351,6 +352,6 @@ impl Worker {
         metrics::histogram!(m::QUERY_EXECUTION).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::QUERY_TOTAL)
             .record((now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0);
-        sink.emit(terminal).await
+        sink.emit(terminal).await.map(|_| ())
     }
 }

@@ -943,6 +943,16 @@ impl Cluster {
         ];
         args.extend(self.worker_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
+        // An explicit --database-url(-file) (e.g. a least-privilege role's) replaces the owner's URL.
+        let explicit = args
+            .iter()
+            .filter(|a| a.as_str() == "--database-url" || a.as_str() == "--database-url-file")
+            .count();
+        if explicit > 1 {
+            if let Some(first) = args.iter().position(|a| a == "--database-url") {
+                args.drain(first..first + 2);
+            }
+        }
         (name, args)
     }
 

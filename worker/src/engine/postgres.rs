@@ -134,7 +134,7 @@ impl PostgresEngine {
                         break;
                     }
                     Some(Ok(_)) if stop.is_some() => continue,
-                    Some(Ok(_)) if chunker.total_rows() >= options.max_rows => {
+                    Some(Ok(_)) if chunker.is_full() => {
                         stop = Some(Stop::Truncated);
                         drain_deadline = Some(Instant::now() + DRAIN_LIMIT);
                         self.cancel_backend(pid).await;

@@ -129,7 +129,7 @@ impl SqlEngine for SqliteEngine {
             match next {
                 None => break,
                 Some(Err(e)) => return Err(Failure::from_sqlx(e)),
-                Some(Ok(_)) if chunker.total_rows() >= options.max_rows => {
+                Some(Ok(_)) if chunker.is_full() => {
                     truncated = true;
                     break;
                 }
