@@ -1,5 +1,5 @@
-//! Who is on the other end of a socket: a JWT checked at upgrade (HS256 shared secret, or RS256/ES256
-//! public key), or — only in embedded mode or with `--insecure-no-auth` — a development identity from the
+//! Who is on the other end of a socket: a JWT checked at upgrade (HS256 shared secret, an RS256/ES256
+//! public key, or a JWKS file of RS256/ES256 keys chosen by `kid`), or — only in embedded mode or with `--insecure-no-auth` — a development identity from the
 //! query string. The algorithm is pinned by the configuration, so `alg: none` and HS/RS confusion fail.
 //!
 //! Claims: `sub` (user id, required), `name` (display name), `exp` (required), `nbf`, `aud`/`iss` when
@@ -64,13 +64,32 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// One key tokens may be signed with, and how they are validated with it.
+pub struct VerifyKey {
+    /// The JWKS `kid`; None for the single configured secret or PEM key.
+    kid: Option<String>,
+    key: DecodingKey,
+    validation: Validation,
+}
+
 pub enum Authenticator {
     /// No authentication (embedded demo, or --insecure-no-auth).
     Off,
-    Jwt {
-        key: DecodingKey,
-        validation: Box<Validation>,
-    },
+    Jwt(Vec<VerifyKey>),
+}
+
+/// RS256 for RSA keys, ES256 for EC keys; nothing else comes from a JWKS (no shared secrets there).
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, KeyAlgorithm};
+    match (&jwk.common.key_algorithm, &jwk.algorithm) {
+        (Some(KeyAlgorithm::RS256), AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+        (Some(KeyAlgorithm::ES256), AlgorithmParameters::EllipticCurve(_)) => {
+            Some(Algorithm::ES256)
+        }
+        (None, AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
+        (None, AlgorithmParameters::EllipticCurve(_)) => Some(Algorithm::ES256),
+        _ => None,
+    }
 }
 
 impl Authenticator {
@@ -86,69 +105,108 @@ impl Authenticator {
             ),
             (None, None) => None,
         };
-        let (key, algorithm) = match (secret, &cli.auth.jwt_public_key_file) {
-            (Some(_), Some(_)) => {
-                bail!("give either a JWT secret (HS256) or a public key (RS256/ES256), not both")
+        let mut keys: Vec<(Option<String>, DecodingKey, Algorithm)> = Vec::new();
+        if let Some(secret) = secret {
+            keys.push((None, DecodingKey::from_secret(&secret), Algorithm::HS256));
+        }
+        if let Some(path) = &cli.auth.jwt_public_key_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --jwt-public-key-file {}", path.display()))?;
+            keys.push(match DecodingKey::from_rsa_pem(&pem) {
+                Ok(key) => (None, key, Algorithm::RS256),
+                Err(_) => (
+                    None,
+                    DecodingKey::from_ec_pem(&pem)
+                        .context("the public key is neither an RSA nor an EC (P-256) PEM key")?,
+                    Algorithm::ES256,
+                ),
+            });
+        }
+        if let Some(path) = &cli.auth.jwt_jwks_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --jwt-jwks-file {}", path.display()))?;
+            let set: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_str(&text).context("--jwt-jwks-file is not a JWK set")?;
+            for jwk in &set.keys {
+                let kid = jwk
+                    .common
+                    .key_id
+                    .clone()
+                    .context("every JWKS key needs a `kid`")?;
+                let algorithm = jwk_algorithm(jwk).with_context(|| {
+                    format!("JWKS key {kid}: only RS256 and ES256 keys are accepted")
+                })?;
+                let key = DecodingKey::from_jwk(jwk).with_context(|| format!("JWKS key {kid}"))?;
+                keys.push((Some(kid), key, algorithm));
             }
-            (Some(secret), None) => (DecodingKey::from_secret(&secret), Algorithm::HS256),
-            (None, Some(path)) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading --jwt-public-key-file {}", path.display()))?;
-                match DecodingKey::from_rsa_pem(&pem) {
-                    Ok(key) => (key, Algorithm::RS256),
-                    Err(_) => (
-                        DecodingKey::from_ec_pem(&pem).context(
-                            "the public key is neither an RSA nor an EC (P-256) PEM key",
-                        )?,
-                        Algorithm::ES256,
-                    ),
-                }
-            }
-            (None, None) => {
-                if !cli.is_embedded() && !cli.auth.insecure_no_auth {
-                    bail!(
-                        "a networked gateway needs authentication: set --jwt-secret(-file) or \
-                         --jwt-public-key-file, or pass --insecure-no-auth explicitly"
-                    );
-                }
-                tracing::warn!(
-                    "AUTHENTICATION IS OFF: anyone can connect and claim any identity (?user=&name=). \
-                     For demos and tests only."
+        }
+        if keys.len() > 1 && keys.iter().any(|(kid, _, _)| kid.is_none()) {
+            bail!("configure one of: a JWT secret, a public key file, or a JWKS file");
+        }
+        if keys.is_empty() {
+            if !cli.is_embedded() && !cli.auth.insecure_no_auth {
+                bail!(
+                    "a networked gateway needs authentication: set --jwt-secret(-file), \
+                     --jwt-public-key-file or --jwt-jwks-file, or pass --insecure-no-auth explicitly"
                 );
-                return Ok(Authenticator::Off);
             }
-        };
-        let mut validation = Validation::new(algorithm);
-        validation.validate_nbf = true;
-        validation.leeway = cli.auth.jwt_leeway_secs;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if let Some(aud) = &cli.auth.jwt_audience {
-            validation.set_audience(&[aud]);
-        } else {
-            validation.validate_aud = false;
+            tracing::warn!(
+                "AUTHENTICATION IS OFF: anyone can connect and claim any identity (?user=&name=). \
+                 For demos and tests only."
+            );
+            return Ok(Authenticator::Off);
         }
-        if let Some(iss) = &cli.auth.jwt_issuer {
-            validation.set_issuer(&[iss]);
-        }
-        tracing::info!(?algorithm, "JWT authentication on");
-        Ok(Authenticator::Jwt {
-            key,
-            validation: Box::new(validation),
-        })
+        let keys = keys
+            .into_iter()
+            .map(|(kid, key, algorithm)| {
+                let mut validation = Validation::new(algorithm);
+                validation.validate_nbf = true;
+                validation.leeway = cli.auth.jwt_leeway_secs;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                match &cli.auth.jwt_audience {
+                    Some(aud) => validation.set_audience(&[aud]),
+                    None => validation.validate_aud = false,
+                }
+                if let Some(iss) = &cli.auth.jwt_issuer {
+                    validation.set_issuer(&[iss]);
+                }
+                VerifyKey {
+                    kid,
+                    key,
+                    validation,
+                }
+            })
+            .collect::<Vec<_>>();
+        tracing::info!(keys = keys.len(), "JWT authentication on");
+        Ok(Authenticator::Jwt(keys))
     }
 
     pub fn is_on(&self) -> bool {
-        matches!(self, Authenticator::Jwt { .. })
+        matches!(self, Authenticator::Jwt(_))
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let Authenticator::Jwt { key, validation } = self else {
+        let Authenticator::Jwt(keys) = self else {
             return Err(AuthError::Invalid("authentication is off".into()));
         };
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("token too long".into()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+        // One configured key: that one. A JWKS: the key named by the token's `kid`.
+        let chosen = match keys.as_slice() {
+            [single] if single.kid.is_none() => single,
+            _ => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?;
+                let kid = header
+                    .kid
+                    .ok_or_else(|| AuthError::Invalid("the token has no `kid`".into()))?;
+                keys.iter()
+                    .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                    .ok_or_else(|| AuthError::Invalid(format!("unknown key `{kid}`")))?
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &chosen.key, &chosen.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > 64 {

@@ -148,6 +148,10 @@ pub struct AuthArgs {
     #[arg(long, env = "C2S_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
+    /// JWK set file (JSON `{"keys":[…]}`) of RS256/ES256 keys, chosen by the token's `kid`.
+    #[arg(long, env = "C2S_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
     /// Required `aud` claim, if set.
     #[arg(long, env = "C2S_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,

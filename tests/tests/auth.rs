@@ -381,3 +381,52 @@ async fn a_networked_gateway_refuses_to_start_without_auth() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--insecure-no-auth"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_keys_are_chosen_by_kid() {
+    let jwks = workspace_root().join("tests/fixtures/jwt/jwks.json");
+    let cluster = Cluster::builder("auth_jwks")
+        .gateways(1)
+        .workers(0)
+        .database(false)
+        .gateway_args(["--jwt-jwks-file", jwks.to_str().unwrap()])
+        .start()
+        .await;
+    let private = EncodingKey::from_rsa_pem(&fixture("rs256-private.pem")).unwrap();
+    let body = json!({"sub": "frank", "exp": now() + 600});
+    let signed = |kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &body, &private).unwrap()
+    };
+    let url = |token: &str| {
+        format!(
+            "{}?access_token={token}",
+            cluster.gateway(0).ws_url("/ws/query")
+        )
+    };
+    let (_, code) = connect_outcome(
+        &url(&signed(Some("test-key-1"))),
+        &[],
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(code, None, "the JWKS key named by kid verifies the token");
+    for (case, token) in [
+        ("unknown kid", signed(Some("other-key"))),
+        ("no kid", signed(None)),
+        ("HS256 with the kid", {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("test-key-1".into());
+            jsonwebtoken::encode(
+                &header,
+                &body,
+                &EncodingKey::from_secret(&fixture("rs256-public.pem")),
+            )
+            .unwrap()
+        }),
+    ] {
+        let (frames, code) = connect_outcome(&url(&token), &[], Duration::from_secs(5)).await;
+        assert_eq!(code, Some(4001), "{case}: {frames:?}");
+    }
+}
