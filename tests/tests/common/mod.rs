@@ -100,11 +100,12 @@ pub fn target_dir() -> PathBuf {
 pub struct Binaries {
     pub gateway: PathBuf,
     pub worker: PathBuf,
+    pub loadgen: PathBuf,
 }
 
 static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
 
-/// Builds `gateway` and `worker` once per test process (`cargo build --bins -p c2s-gateway -p c2s-worker`)
+/// Builds `gateway`, `worker` and `loadgen` once per test process (`cargo build --bins -p …`)
 /// and returns their paths; panics with cargo's stderr if the build fails.
 pub fn binaries() -> &'static Binaries {
     match BINARIES.get_or_init(build_binaries) {
@@ -120,7 +121,16 @@ fn build_binaries() -> Result<Binaries, String> {
             .map(PathBuf::from)
             .or_else(|| option_env!("CARGO").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("cargo"));
-        let args = ["build", "--bins", "-p", "c2s-gateway", "-p", "c2s-worker"];
+        let args = [
+            "build",
+            "--bins",
+            "-p",
+            "c2s-gateway",
+            "-p",
+            "c2s-worker",
+            "-p",
+            "c2s-loadgen",
+        ];
         let out = std::process::Command::new(&cargo)
             .args(args)
             .current_dir(&root)
@@ -142,8 +152,9 @@ fn build_binaries() -> Result<Binaries, String> {
     let b = Binaries {
         gateway: dir.join("gateway"),
         worker: dir.join("worker"),
+        loadgen: dir.join("loadgen"),
     };
-    for p in [&b.gateway, &b.worker] {
+    for p in [&b.gateway, &b.worker, &b.loadgen] {
         if !p.is_file() {
             return Err(format!(
                 "binary {} does not exist after the build",

@@ -1,0 +1,74 @@
+//! The benchmark scenarios still run (tiny sizes, no timing assertions): `loadgen stream` and
+//! `loadgen fanout` against a real two-gateway cluster, each checking its own results (row counts, seq
+//! order, no lost chat message).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn loadgen(args: &[&str]) -> String {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(&binaries().loadgen)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("loadgen timed out")
+    .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "loadgen {args:?} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_scenarios_run() {
+    let cluster = Cluster::builder("bench_smoke")
+        .gateways(2)
+        .workers(1)
+        .start()
+        .await;
+    let a = format!("ws://{}", cluster.gateway(0).addr());
+    let b = format!("ws://{}", cluster.gateway(1).addr());
+
+    let out = loadgen(&[
+        "--url",
+        &a,
+        "stream",
+        "--query",
+        "SELECT g AS id, md5(g::text) AS hash FROM generate_series(1, 5000) g",
+        "--chunk-size",
+        "500",
+        "--runs",
+        "2",
+    ])
+    .await;
+    assert!(out.contains("best rows/s"), "{out}");
+    assert_eq!(
+        out.matches(" 5000 ").count(),
+        2,
+        "two runs of 5000 rows:\n{out}"
+    );
+
+    let out = loadgen(&[
+        "fanout",
+        "--gateways",
+        &format!("{a},{b}"),
+        "--participants",
+        "6",
+        "--rate",
+        "30",
+        "--seconds",
+        "1",
+    ])
+    .await;
+    assert!(out.contains("lost 0"), "{out}");
+    assert!(out.contains("latency ms: p50"), "{out}");
+}
