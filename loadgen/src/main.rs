@@ -29,6 +29,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Idle connections: open `--count` sockets, hold them, report the gateway's memory per connection.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Connections opened at once.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        /// Seconds to hold them open once all are connected.
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
+        /// The gateway's process id, to read its RSS from /proc.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
+        /// Loopback source addresses to spread over (127.0.0.1 .. 127.0.0.N), past one address's ports.
+        #[arg(long, default_value_t = 4)]
+        source_addresses: u8,
+    },
     /// Collaboration fan-out: chat latency across gateway nodes.
     Fanout {
         /// Gateways to spread the participants over (comma-separated base URLs); default: --url.
@@ -84,6 +101,23 @@ struct RunFigures {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
+        Scenario::Connections {
+            count,
+            parallel,
+            hold_secs,
+            gateway_pid,
+            source_addresses,
+        } => {
+            connections::run(
+                &cli.url,
+                count,
+                parallel,
+                hold_secs,
+                gateway_pid,
+                source_addresses,
+            )
+            .await?;
+        }
         Scenario::Fanout {
             gateways,
             participants,
@@ -164,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+mod connections;
 mod fanout;
 
 fn ms(d: Duration) -> f64 {

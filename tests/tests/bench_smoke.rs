@@ -1,5 +1,5 @@
-//! The benchmark scenarios still run (tiny sizes, no timing assertions): `loadgen stream` and
-//! `loadgen fanout` against a real two-gateway cluster, each checking its own results (row counts, seq
+//! The benchmark scenarios still run (tiny sizes, no timing assertions): `loadgen stream`,
+//! `loadgen fanout` and `loadgen connections` against a real two-gateway cluster, each checking its own results (row counts, seq
 //! order, no lost chat message).
 
 mod common;
@@ -71,4 +71,20 @@ async fn loadgen_scenarios_run() {
     .await;
     assert!(out.contains("lost 0"), "{out}");
     assert!(out.contains("latency ms: p50"), "{out}");
+
+    let pid = cluster.gateway(0).pid().expect("gateway pid").to_string();
+    let out = loadgen(&[
+        "--url",
+        &a,
+        "connections",
+        "--count",
+        "200",
+        "--hold-secs",
+        "0",
+        "--gateway-pid",
+        &pid,
+    ])
+    .await;
+    assert!(out.contains("connected 200 of 200"), "{out}");
+    assert!(out.contains("KiB per connection"), "{out}");
 }

@@ -1,0 +1,86 @@
+//! The `connections` scenario: many idle WebSocket connections on one gateway, and what they cost it.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+
+/// Resident memory of a process in KiB, from /proc (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub async fn run(
+    base: &str,
+    count: usize,
+    parallel: usize,
+    hold_secs: u64,
+    gateway_pid: Option<u32>,
+    source_addresses: u8,
+) -> anyhow::Result<()> {
+    // Each socket needs a descriptor here too.
+    let limit = rlimit::increase_nofile_limit(count as u64 + 1024).unwrap_or(0);
+    let url = format!("{}/ws/monitoring", base.trim_end_matches('/'));
+    let target: SocketAddr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .context("--url must be ws://<ip>:<port>")?;
+    println!("scenario connections: {count} idle sockets to {url} ({parallel} at a time, fd limit {limit})");
+    let before = gateway_pid.and_then(rss_kib);
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let permit = gate.clone().acquire_owned().await?;
+        let url = url.clone();
+        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % source_addresses.max(1) as usize) as u8);
+        tasks.push(tokio::spawn(async move {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source.into(), 0))?;
+            let stream = socket.connect(target).await?;
+            let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+            drop(permit);
+            anyhow::Ok(ws)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(ws) => sockets.push(ws),
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("connect failed: {e}");
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "connected {} of {count} in {:.1} s ({:.0}/s), {failed} failed",
+        sockets.len(),
+        elapsed.as_secs_f64(),
+        sockets.len() as f64 / elapsed.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    if let (Some(pid), Some(before)) = (gateway_pid, before) {
+        if let Some(after) = rss_kib(pid) {
+            let per = (after.saturating_sub(before)) as f64 / sockets.len().max(1) as f64;
+            println!("gateway RSS: {before} KiB before, {after} KiB with the sockets open: {per:.1} KiB per connection");
+        }
+    }
+    drop(sockets);
+    Ok(())
+}
