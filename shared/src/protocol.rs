@@ -133,6 +133,23 @@ pub enum ClientMessage {
     RefreshToken(RefreshToken),
 }
 
+impl ClientMessage {
+    /// The message's wire `type` (its serde tag; one of [`CLIENT_MESSAGE_TYPES`]).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::ExecuteQuery(_) => "execute_query",
+            ClientMessage::CancelQuery(_) => "cancel_query",
+            ClientMessage::Resume(_) => "resume",
+            ClientMessage::Subscribe(_) => "subscribe",
+            ClientMessage::Ping(_) => "ping",
+            ClientMessage::UpdateQuery(_) => "update_query",
+            ClientMessage::MoveCursor(_) => "move_cursor",
+            ClientMessage::ChatMessage(_) => "chat_message",
+            ClientMessage::RefreshToken(_) => "refresh_token",
+        }
+    }
+}
+
 /// The `type` of every `ClientMessage` variant: tells an unknown type from a malformed known one.
 pub const CLIENT_MESSAGE_TYPES: &[&str] = &[
     "execute_query",
@@ -667,8 +684,15 @@ mod tests {
             r#"{"type":"refresh_token","payload":{"token":"x.y.z"}}"#,
         ];
         assert_eq!(samples.len(), CLIENT_MESSAGE_TYPES.len());
-        for s in samples {
-            decode_client_frame(s).unwrap();
+        for (s, listed) in samples.into_iter().zip(CLIENT_MESSAGE_TYPES) {
+            let frame = decode_client_frame(s).unwrap();
+            let tag = serde_json::to_value(&frame.message).unwrap()["type"].clone();
+            assert_eq!(
+                frame.message.type_name(),
+                tag,
+                "type_name() must be the serde tag"
+            );
+            assert_eq!(frame.message.type_name(), *listed);
         }
     }
 

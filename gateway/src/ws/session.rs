@@ -274,20 +274,6 @@ fn rate_limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
 }
 
-fn client_type(message: &ClientMessage) -> &'static str {
-    match message {
-        ClientMessage::ExecuteQuery(_) => "execute_query",
-        ClientMessage::CancelQuery(_) => "cancel_query",
-        ClientMessage::Resume(_) => "resume",
-        ClientMessage::Subscribe(_) => "subscribe",
-        ClientMessage::Ping(_) => "ping",
-        ClientMessage::UpdateQuery(_) => "update_query",
-        ClientMessage::MoveCursor(_) => "move_cursor",
-        ClientMessage::ChatMessage(_) => "chat_message",
-        ClientMessage::RefreshToken(_) => "refresh_token",
-    }
-}
-
 /// Counts one outgoing frame by type.
 fn count_out(frame: &str) {
     metrics::counter!(m::WS_MESSAGES_OUT, "type" => m::frame_type(frame).to_owned()).increment(1);
@@ -362,7 +348,7 @@ impl Session {
     async fn handle_text(&mut self, text: &str) -> Result<(), actix_ws::Closed> {
         let frame = match decode_client_frame(text) {
             Ok(frame) => {
-                metrics::counter!(m::WS_MESSAGES_IN, "type" => client_type(&frame.message))
+                metrics::counter!(m::WS_MESSAGES_IN, "type" => frame.message.type_name())
                     .increment(1);
                 frame
             }

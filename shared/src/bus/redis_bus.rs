@@ -364,6 +364,11 @@ async fn pubsub_reader(
     }
 }
 
+/// The `seq` of an event log entry: its stream id is `<seq>-0`.
+fn seq_of_entry(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
 fn field_bytes<'a>(
     map: &'a std::collections::HashMap<String, Value>,
     name: &str,
@@ -493,11 +498,7 @@ impl Bus for RedisBus {
             .ids
             .into_iter()
             .map(|entry| {
-                let seq = entry
-                    .id
-                    .split('-')
-                    .next()
-                    .and_then(|s| s.parse().ok())
+                let seq = seq_of_entry(&entry.id)
                     .ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
                 let terminal = field_bytes(&entry.map, "t") == Some(b"1");
                 let frame = field_bytes(&entry.map, "f").ok_or_else(|| {
@@ -685,8 +686,7 @@ impl Bus for RedisBus {
         Ok(reply
             .ids
             .first()
-            .and_then(|e| e.id.split('-').next())
-            .and_then(|s| s.parse().ok())
+            .and_then(|e| seq_of_entry(&e.id))
             .unwrap_or(0))
     }
 
