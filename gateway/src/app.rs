@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use c2s_shared::bus::{Bus, MemoryBus};
@@ -15,6 +16,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::oneshot;
 
 use crate::config::Cli;
+
+/// Response header naming the gateway node that answered (HTTP and WebSocket upgrades).
+pub const NODE_HEADER: &str = "x-c2s-node";
 use crate::state::AppState;
 use crate::{http, ws};
 
@@ -116,9 +120,13 @@ impl Application {
         ));
         state.relay_notices();
         let data = web::Data::new(state.clone());
+        let node_header = state.node_id.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // Which node answered: lets operators (and the load-balancer tests) see where a
+                // socket behind a load balancer landed.
+                .wrap(DefaultHeaders::new().add((NODE_HEADER, node_header.as_str())))
                 .service(http::healthz)
                 .service(http::readyz)
                 .service(http::schema)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the tools the deployment tests use, when missing (safe to run again and again):
+# - nginx (Debian package): the load balancer of deploy/local-cluster.sh;
+# - a Python venv with check-jsonschema (compose-spec schema), kubernetes-validate and PyYAML, under
+#   $C2S_TOOLS_VENV (default ~/.cache/chat2sql-realtime/venv);
+# - a kustomize renderer: `kubectl kustomize` or `kustomize` must be on PATH (reported, not installed:
+#   neither is a Debian package).
+set -euo pipefail
+
+VENV="${C2S_TOOLS_VENV:-$HOME/.cache/chat2sql-realtime/venv}"
+PY_TOOLS=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.3)
+
+log() { echo "tools: $*" >&2; }
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root (or sudo) to run: $*"; exit 1; fi
+}
+
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  log "installing nginx"
+  as_root apt-get update -qq
+  # The package's post-install starts a default site on :80; stop it, the cluster runs its own.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+    || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  as_root nginx -s stop >/dev/null 2>&1 || true
+fi
+
+stamp="$VENV/.c2s-tools-$(printf '%s ' "${PY_TOOLS[@]}" | md5sum | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  log "installing ${PY_TOOLS[*]} into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}"
+  touch "$stamp"
+fi
+
+if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null; then
+  log "warning: neither kubectl nor kustomize is on PATH: the Kubernetes render test will fail"
+fi
+log "ok"
