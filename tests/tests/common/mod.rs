@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::io::Write as _;
@@ -1142,6 +1144,9 @@ enum Incoming {
 pub struct Client {
     pub label: String,
     ws: Ws,
+    /// The gateway node that accepted the socket (its `x-c2s-node` response header): tells which node a
+    /// load balancer picked.
+    pub node: Option<String>,
     validator: Option<Arc<SchemaValidator>>,
     /// Frames read while looking for something else, handed out first by `recv_json`.
     stash: VecDeque<Value>,
@@ -1172,14 +1177,20 @@ impl Client {
     pub async fn connect(url: &str, validator: Option<Arc<SchemaValidator>>) -> Client {
         let connected =
             tokio::time::timeout(DEFAULT_TIMEOUT, tokio_tungstenite::connect_async(url)).await;
-        let ws = match connected {
+        let (ws, response) = match connected {
             Err(_) => panic!("timed out connecting to {url}"),
             Ok(Err(e)) => panic!("WebSocket connect to {url} failed: {e}"),
-            Ok(Ok((ws, _response))) => ws,
+            Ok(Ok(connected)) => connected,
         };
+        let node = response
+            .headers()
+            .get("x-c2s-node")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Client {
             label: url.to_owned(),
             ws,
+            node,
             validator,
             stash: VecDeque::new(),
             recent: VecDeque::new(),
