@@ -98,6 +98,24 @@ pub struct Application {
     grace: Duration,
 }
 
+/// Binds `addr` with an explicit listen backlog (std's `TcpListener::bind` uses 128).
+fn bind_listener(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // A restarted node can bind again while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 impl Application {
     /// Must run inside an actix system.
     pub fn build(
@@ -107,8 +125,8 @@ impl Application {
         metrics: PrometheusHandle,
         auth: crate::auth::Authenticator,
     ) -> anyhow::Result<Application> {
-        let listener =
-            TcpListener::bind(&cli.bind).with_context(|| format!("binding {}", cli.bind))?;
+        let listener = bind_listener(&cli.bind, cli.ws.listen_backlog)
+            .with_context(|| format!("binding {}", cli.bind))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(AppState::new(
             node_id,

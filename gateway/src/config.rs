@@ -111,6 +111,12 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
 
+    /// Pending TCP connections the kernel queues for this node (listen backlog; capped by
+    /// net.core.somaxconn). A small one drops SYNs when thousands of clients reconnect at once after a
+    /// node failure, and each dropped SYN costs its client a 1 s, then 3 s, retransmit.
+    #[arg(long, env = "C2S_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: i32,
+
     /// WebSocket connections this node accepts at once; the next one is closed with 1013 at upgrade.
     #[arg(long, env = "C2S_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

@@ -25,7 +25,7 @@ pub async fn run(
     hold_secs: u64,
     gateway_pid: Option<u32>,
     source_addresses: u8,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     // Each socket needs a descriptor here too.
     let limit = rlimit::increase_nofile_limit(count as u64 + 1024).unwrap_or(0);
     let url = format!("{}/ws/monitoring", base.trim_end_matches('/'));
@@ -75,12 +75,18 @@ pub async fn run(
         sockets.len() as f64 / elapsed.as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
-    if let (Some(pid), Some(before)) = (gateway_pid, before) {
-        if let Some(after) = rss_kib(pid) {
-            let per = (after.saturating_sub(before)) as f64 / sockets.len().max(1) as f64;
-            println!("gateway RSS: {before} KiB before, {after} KiB with the sockets open: {per:.1} KiB per connection");
-        }
+    let mut per_connection_kib = None;
+    let after = gateway_pid.and_then(rss_kib);
+    if let (Some(before), Some(after)) = (before, after) {
+        let per = (after.saturating_sub(before)) as f64 / sockets.len().max(1) as f64;
+        per_connection_kib = Some(per);
+        println!("gateway RSS: {before} KiB before, {after} KiB with the sockets open: {per:.1} KiB per connection");
     }
+    let connected = sockets.len();
     drop(sockets);
-    Ok(())
+    Ok(serde_json::json!({
+        "scenario": "connections", "count": count, "connected": connected, "failed": failed,
+        "connect_secs": elapsed.as_secs_f64(), "gateway_rss_kib_before": before,
+        "gateway_rss_kib_after": after, "rss_kib_per_connection": per_connection_kib,
+    }))
 }

@@ -16,7 +16,7 @@ pub async fn run(
     sessions: usize,
     rate: u64,
     seconds: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Value> {
     let run_id = std::process::id();
     let clock = Instant::now();
     println!(
@@ -131,9 +131,16 @@ pub async fn run(
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0
     );
-    println!(
-        "delivered messages/s: {:.0}",
-        received as f64 / elapsed.max(0.001)
-    );
-    Ok(())
+    let rate_delivered = received as f64 / elapsed.max(0.001);
+    println!("delivered messages/s: {rate_delivered:.0}");
+    let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "scenario": "fanout", "participants": participants, "sessions": sessions,
+        "gateways": gateways.len(), "rate": rate, "seconds": seconds,
+        "sent": sent, "delivered": received, "expected": expected,
+        "lost": expected.saturating_sub(received),
+        "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                       "max": h.max() as f64 / 1000.0},
+        "delivered_per_sec": rate_delivered,
+    }))
 }

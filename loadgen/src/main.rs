@@ -5,6 +5,13 @@
 //! measures send-to-receive latency (the sender's clock: all clients live in this process). Prints
 //! p50/p90/p99/p99.9/max and delivered messages/s, and checks nothing was lost.
 //!
+//! Scenario `failover`: participants on gateway A, chat sent from gateway B, kill -9 of A; measures when
+//! every participant has resumed on B and checks no session event was lost or duplicated.
+//!
+//! Scenario `connections`: idle sockets on one gateway and its resident memory per socket.
+//!
+//! Every scenario prints a table; `--json <file>` writes the figures too, `--pid` adds servers' RSS.
+//!
 //! Scenario `stream`: runs one query (default: 1M rows × 5 columns) `--runs` times and reports, per run,
 //! the time to ack, to `query_started`, to the first `data_chunk` (also measured from `query_started`),
 //! the total time, rows/s and MB/s received. It checks the row count and seq order, and asserts no timings.
@@ -23,6 +30,12 @@ struct Cli {
     /// Gateway base URL, e.g. ws://127.0.0.1:8080
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Server processes (gateways, workers, Redis…) whose resident memory is reported at the end.
+    #[arg(long = "pid", value_delimiter = ',')]
+    pids: Vec<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -60,6 +73,36 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Gateway failover: participants on gateway A, chat from gateway B, kill -9 of A; every participant
+    /// resumes on B (`?afterSeq=`) and nothing is lost.
+    Failover {
+        /// Gateway A (its participants are cut), e.g. ws://127.0.0.1:8081
+        #[arg(long)]
+        from: String,
+        /// Gateway B (where they resume)
+        #[arg(long)]
+        to: String,
+        /// Process id of gateway A, killed with SIGKILL.
+        #[arg(long)]
+        kill_pid: u32,
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        sessions: usize,
+        /// Chat messages per second from B, all sessions together.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 2)]
+        before_kill_secs: u64,
+        #[arg(long, default_value_t = 5)]
+        after_kill_secs: u64,
+        /// Joins in flight at once.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        /// Loopback source addresses to spread over (127.0.0.1 .. 127.0.0.N).
+        #[arg(long, default_value_t = 4)]
+        source_addresses: u8,
     },
     /// Stream a large result end to end and measure rows/s and time to first chunk.
     Stream {
@@ -100,7 +143,7 @@ struct RunFigures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.scenario {
+    let figures = match cli.scenario {
         Scenario::Connections {
             count,
             parallel,
@@ -116,7 +159,33 @@ async fn main() -> anyhow::Result<()> {
                 gateway_pid,
                 source_addresses,
             )
-            .await?;
+            .await?
+        }
+        Scenario::Failover {
+            from,
+            to,
+            kill_pid,
+            clients,
+            sessions,
+            rate,
+            before_kill_secs,
+            after_kill_secs,
+            parallel,
+            source_addresses,
+        } => {
+            failover::run(failover::Options {
+                from,
+                to,
+                clients,
+                sessions,
+                kill_pid,
+                rate,
+                before_kill_secs,
+                after_kill_secs,
+                parallel,
+                source_addresses,
+            })
+            .await?
         }
         Scenario::Fanout {
             gateways,
@@ -130,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 gateways
             };
-            fanout::run(&gateways, participants, sessions.max(1), rate, seconds).await?;
+            fanout::run(&gateways, participants, sessions.max(1), rate, seconds).await?
         }
         Scenario::Stream {
             query,
@@ -193,12 +262,48 @@ async fn main() -> anyhow::Result<()> {
                     firsts[firsts.len() / 2]
                 );
             }
+            let runs: Vec<Value> = all
+                .iter()
+                .map(|f| {
+                    json!({
+                        "ack_ms": ms(f.ack), "started_ms": ms(f.started), "first_chunk_ms": ms(f.first_chunk),
+                        "first_chunk_after_started_ms": ms(f.first_chunk_after_started),
+                        "total_ms": ms(f.total), "rows": f.rows, "bytes": f.bytes,
+                        "rows_per_sec": f.rows as f64 / f.total.as_secs_f64(),
+                    })
+                })
+                .collect();
+            json!({"scenario": "stream", "query": query, "chunk_size": chunk_size,
+                   "row_format": row_format, "runs": runs})
         }
+    };
+    finish(figures, &cli.pids, cli.json.as_deref())
+}
+
+/// Adds the servers' memory to the figures, prints it, and writes the JSON file if asked.
+fn finish(
+    mut figures: Value,
+    pids: &[u32],
+    json_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let rss: Vec<Value> = pids
+        .iter()
+        .map(|pid| json!({"pid": pid, "rss_kib": connections::rss_kib(*pid)}))
+        .collect();
+    for r in &rss {
+        println!("server pid {}: RSS {} KiB", r["pid"], r["rss_kib"]);
+    }
+    figures["server_rss"] = Value::Array(rss);
+    if let Some(path) = json_path {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
     }
     Ok(())
 }
 
 mod connections;
+mod failover;
 mod fanout;
 
 fn ms(d: Duration) -> f64 {

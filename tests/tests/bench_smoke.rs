@@ -1,5 +1,5 @@
 //! The benchmark scenarios still run (tiny sizes, no timing assertions): `loadgen stream`,
-//! `loadgen fanout` and `loadgen connections` against a real two-gateway cluster, each checking its own results (row counts, seq
+//! `loadgen fanout`, `loadgen connections` and `loadgen failover` against a real two-gateway cluster, each checking its own results (row counts, seq
 //! order, no lost chat message).
 
 mod common;
@@ -87,4 +87,39 @@ async fn loadgen_scenarios_run() {
     .await;
     assert!(out.contains("connected 200 of 200"), "{out}");
     assert!(out.contains("KiB per connection"), "{out}");
+
+    // Last: it kills gateway A. Its participants resume on B; the JSON figures say so.
+    let json_path =
+        std::env::temp_dir().join(format!("c2s-failover-{}.json", uuid::Uuid::new_v4()));
+    let out = loadgen(&[
+        "--json",
+        json_path.to_str().expect("utf-8 temp path"),
+        "failover",
+        "--from",
+        &a,
+        "--to",
+        &b,
+        "--kill-pid",
+        &pid,
+        "--clients",
+        "40",
+        "--sessions",
+        "4",
+        "--rate",
+        "20",
+        "--before-kill-secs",
+        "1",
+        "--after-kill-secs",
+        "2",
+    ])
+    .await;
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON figures"))
+            .expect("valid JSON");
+    let _ = std::fs::remove_file(&json_path);
+    assert_eq!(figures["resumed"], 40, "{out}");
+    assert_eq!(figures["chat_lost"], 0, "{out}");
+    assert_eq!(figures["seq_gaps"], 0, "{out}");
+    assert_eq!(figures["duplicates"], 0, "{out}");
+    assert!(figures["chat_sent"].as_u64().unwrap_or(0) > 0, "{out}");
 }

@@ -1,0 +1,320 @@
+//! The `failover` scenario: `--clients` collaboration participants on gateway A (spread over `--sessions`
+//! sessions), chat traffic sent from gateway B, then SIGKILL of A (`--kill-pid`). Every participant of A
+//! reconnects to B with `?afterSeq=<last seq it saw>`; the scenario measures, from the kill, when each one
+//! has its `session_state` again (resumed), and checks no session event was lost or duplicated: every
+//! participant's seq runs on without a gap across the reconnect and it received every chat message sent
+//! in its session.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::net::TcpSocket;
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+pub struct Options {
+    pub from: String,
+    pub to: String,
+    pub clients: usize,
+    pub sessions: usize,
+    pub kill_pid: u32,
+    /// Chat messages per second, all sessions together, sent from gateway B.
+    pub rate: u64,
+    pub before_kill_secs: u64,
+    pub after_kill_secs: u64,
+    pub parallel: usize,
+    pub source_addresses: u8,
+}
+
+/// What one participant of gateway A saw.
+#[derive(Default)]
+struct Outcome {
+    resumed_after: Option<Duration>,
+    chats: u64,
+    gaps: u64,
+    duplicates: u64,
+    error: Option<String>,
+}
+
+/// `ws://ip:port` -> the socket address.
+fn addr_of(base: &str) -> anyhow::Result<SocketAddr> {
+    base.trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("{base}: expected ws://<ip>:<port>"))
+}
+
+async fn connect(url: &str, target: SocketAddr, source: Ipv4Addr) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.into(), 0))?;
+    let stream = socket.connect(target).await?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+/// Reads until `session_state`; returns its snapshot seq. Events before it are not expected.
+async fn await_session_state(ws: &mut Ws) -> anyhow::Result<u64> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "session_state" {
+                    return v["payload"]["snapshotSeq"]
+                        .as_u64()
+                        .context("session_state without snapshotSeq");
+                }
+                if v["type"] == "error" {
+                    bail!("join refused: {t}");
+                }
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => bail!("no session_state: {other:?}"),
+        }
+    }
+}
+
+fn session_url(base: &str, session: &str, user: &str, after_seq: Option<u64>) -> String {
+    let mut url = format!(
+        "{}/ws/collaboration/{session}?user={user}",
+        base.trim_end_matches('/')
+    );
+    if let Some(s) = after_seq {
+        url.push_str(&format!("&afterSeq={s}"));
+    }
+    url
+}
+
+pub async fn run(o: Options) -> anyhow::Result<Value> {
+    let limit = rlimit::increase_nofile_limit(2 * o.clients as u64 + 4096).unwrap_or(0);
+    let (a, b) = (addr_of(&o.from)?, addr_of(&o.to)?);
+    let run_id = std::process::id();
+    let sessions = o.sessions.max(1);
+    println!(
+        "scenario failover: {} participants on {} in {sessions} sessions, chat {} msg/s from {}; kill -9 of pid {} after {} s (fd limit {limit})",
+        o.clients, o.from, o.rate, o.to, o.kill_pid, o.before_kill_secs
+    );
+
+    // Join everyone on A, `parallel` at a time.
+    let gate = Arc::new(Semaphore::new(o.parallel.max(1)));
+    let (killed_tx, killed_rx) = watch::channel::<Option<Instant>>(None);
+    // Senders stop first; followers a moment later, once the last messages had time to arrive.
+    let (stop_senders, senders_stopped) = watch::channel(false);
+    let (stop_followers, followers_stopped) = watch::channel(false);
+    let joined = Instant::now();
+    let mut joins = Vec::with_capacity(o.clients);
+    for i in 0..o.clients {
+        let permit = gate.clone().acquire_owned().await?;
+        let session = format!("fo-{run_id}-{}", i % sessions);
+        let user = format!("fo{i}");
+        let url = session_url(&o.from, &session, &user, None);
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % o.source_addresses.max(1) as usize) as u8,
+        );
+        joins.push(tokio::spawn(async move {
+            let mut ws = connect(&url, a, source).await?;
+            let seq = await_session_state(&mut ws).await?;
+            drop(permit);
+            anyhow::Ok((session, user, ws, seq))
+        }));
+    }
+    let mut participants = Vec::with_capacity(o.clients);
+    for j in joins {
+        participants.push(j.await?.context("joining on gateway A")?);
+    }
+    println!(
+        "joined {} participants on A in {:.1} s",
+        participants.len(),
+        joined.elapsed().as_secs_f64()
+    );
+
+    // Followers: read, check seq, count chats; on the cut, rejoin B after the last seq seen.
+    let mut followers = Vec::with_capacity(participants.len());
+    for (i, (session, user, ws, seq)) in participants.into_iter().enumerate() {
+        let (to, mut killed, mut stop) =
+            (o.to.clone(), killed_rx.clone(), followers_stopped.clone());
+        let source = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % o.source_addresses.max(1) as usize) as u8,
+        );
+        followers.push(tokio::spawn(async move {
+            let mut out = Outcome::default();
+            let (mut ws, mut last, mut on_b) = (ws, seq, false);
+            loop {
+                let msg = tokio::select! {
+                    msg = ws.next() => msg,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        if on_b {
+                            out.error = Some("cut on gateway B".into());
+                            break;
+                        }
+                        // Cut by the kill: rejoin on B after the last event seen.
+                        let url = session_url(&to, &session, &user, Some(last));
+                        let rejoined = async {
+                            let mut ws = connect(&url, b, source).await?;
+                            await_session_state(&mut ws).await?;
+                            anyhow::Ok(ws)
+                        };
+                        match rejoined.await {
+                            Ok(new) => {
+                                let kill =
+                                    killed.wait_for(|k| k.is_some()).await.ok().and_then(|k| *k);
+                                out.resumed_after = kill.map(|k| k.elapsed());
+                                ws = new;
+                                on_b = true;
+                                continue;
+                            }
+                            Err(e) => {
+                                out.error = Some(format!("rejoin failed: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                if let Some(s) = v["seq"].as_u64() {
+                    if s <= last {
+                        out.duplicates += 1;
+                        continue;
+                    }
+                    if s != last + 1 {
+                        out.gaps += 1;
+                    }
+                    last = s;
+                    if v["type"] == "chat_message" {
+                        out.chats += 1;
+                    }
+                }
+            }
+            let _ = ws.close(None).await;
+            drop(killed);
+            out
+        }));
+    }
+
+    // Senders: one participant per session on B, sending the chat; their own sockets are drained.
+    let mut senders = Vec::with_capacity(sessions);
+    let interval = Duration::from_secs_f64(sessions as f64 / o.rate.max(1) as f64);
+    for s in 0..sessions {
+        let session = format!("fo-{run_id}-{s}");
+        let url = session_url(&o.to, &session, &format!("sender{s}"), None);
+        let mut ws = connect(&url, b, Ipv4Addr::LOCALHOST).await?;
+        await_session_state(&mut ws).await?;
+        let mut stop = senders_stopped.clone();
+        senders.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                let frame = json!({"type": "chat_message", "payload": {"message": {
+                    "id": format!("s{s}-{sent}"), "content": format!("m{sent}")}}});
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let _ = tx.close().await;
+            drain.abort();
+            (s, sent)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(o.before_kill_secs)).await;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &o.kill_pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -KILL {} failed", o.kill_pid);
+    }
+    let _ = killed_tx.send(Some(Instant::now()));
+    tokio::time::sleep(Duration::from_secs(o.after_kill_secs)).await;
+
+    // Stop sending, let the last messages arrive, then stop the followers.
+    let _ = stop_senders.send(true);
+    let mut sent_per_session: HashMap<usize, u64> = HashMap::new();
+    for s in senders {
+        let (session, sent) = s.await?;
+        sent_per_session.insert(session, sent);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop_followers.send(true);
+    let mut outcomes = Vec::with_capacity(followers.len());
+    for f in followers {
+        outcomes.push(f.await?);
+    }
+    report(&o, &sent_per_session, &outcomes)
+}
+
+fn report(
+    o: &Options,
+    sent_per_session: &HashMap<usize, u64>,
+    outcomes: &[Outcome],
+) -> anyhow::Result<Value> {
+    let sessions = o.sessions.max(1);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let (mut resumed, mut lost, mut gaps, mut dups, mut errors) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (i, out) in outcomes.iter().enumerate() {
+        if let Some(d) = out.resumed_after {
+            resumed += 1;
+            let _ = h.record(d.as_micros().max(1) as u64);
+        }
+        let expected = sent_per_session.get(&(i % sessions)).copied().unwrap_or(0);
+        lost += expected.saturating_sub(out.chats);
+        gaps += out.gaps;
+        dups += out.duplicates;
+        if let Some(e) = &out.error {
+            errors += 1;
+            if errors <= 3 {
+                eprintln!("participant {i}: {e}");
+            }
+        }
+    }
+    let sent: u64 = sent_per_session.values().sum();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "resumed on B: {resumed} of {} participants; from the kill: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms",
+        outcomes.len(),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        h.max() as f64 / 1000.0
+    );
+    println!(
+        "chat sent {sent}; chat messages lost {lost}; seq gaps {gaps}; duplicates {dups}; errors {errors}"
+    );
+    Ok(json!({
+        "scenario": "failover",
+        "participants": outcomes.len(),
+        "sessions": sessions,
+        "resumed": resumed,
+        "resume_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "max": h.max() as f64 / 1000.0},
+        "chat_sent": sent,
+        "chat_lost": lost,
+        "seq_gaps": gaps,
+        "duplicates": dups,
+        "errors": errors,
+    }))
+}
