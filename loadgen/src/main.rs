@@ -127,6 +127,10 @@ enum Scenario {
         /// Give up on a run after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
+        /// PostgreSQL URL of the workers' database: adds the baselines of the same run (psql COPY of
+        /// the same query to /dev/null, and PostgreSQL's own time to its first row).
+        #[arg(long)]
+        pg_url: Option<String>,
     },
 }
 
@@ -208,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             max_rows,
             runs,
             timeout_secs,
+            pg_url,
         } => {
             let url = format!("{}/ws/query", cli.url.trim_end_matches('/'));
             println!("scenario stream: {url}\nquery: {query}\nchunkSize {chunk_size}, rowFormat {row_format}, runs {runs}\n");
@@ -273,8 +278,27 @@ async fn main() -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            json!({"scenario": "stream", "query": query, "chunk_size": chunk_size,
-                   "row_format": row_format, "runs": runs})
+            let mut figures = json!({"scenario": "stream", "query": query, "chunk_size": chunk_size,
+                   "row_format": row_format, "runs": runs});
+            if let Some(pg) = pg_url {
+                let copy = baseline::psql_copy(&pg, &query)?;
+                let first_row = baseline::first_row_ms(&pg, &query)?;
+                // The same rows as the runs (psql has no row cap: the query itself must end there).
+                let rows = all.first().map_or(max_rows, |f| f.rows);
+                let copy_rate = rows as f64 / copy.as_secs_f64();
+                let best = all
+                    .iter()
+                    .map(|f| f.rows as f64 / f.total.as_secs_f64())
+                    .fold(0.0, f64::max);
+                println!(
+                    "baseline: psql COPY {:.0} ms ({copy_rate:.0} rows/s for {rows} rows): best run = {:.0} % of it; PostgreSQL's first row after {first_row:.1} ms",
+                    ms(copy),
+                    100.0 * best / copy_rate
+                );
+                figures["baseline"] = json!({"psql_copy_ms": ms(copy), "psql_copy_rows_per_sec": copy_rate,
+                    "best_vs_copy_percent": 100.0 * best / copy_rate, "pg_first_row_ms": first_row});
+            }
+            figures
         }
     };
     finish(figures, &cli.pids, cli.json.as_deref())
@@ -302,6 +326,7 @@ fn finish(
     Ok(())
 }
 
+mod baseline;
 mod connections;
 mod failover;
 mod fanout;
