@@ -20,7 +20,7 @@ use crate::config::Cli;
 /// Response header naming the gateway node that answered (HTTP and WebSocket upgrades).
 pub const NODE_HEADER: &str = "x-c2s-node";
 use crate::state::AppState;
-use crate::{http, ws};
+use crate::{demo_page, http, ws};
 
 /// The bus and, in embedded mode, the in-process worker behind it.
 pub struct Backend {
@@ -149,7 +149,8 @@ impl Application {
                 .service(http::readyz)
                 .service(http::schema)
                 .service(http::metrics)
-                .service(http::index)
+                .service(demo_page::index)
+                .service(demo_page::asset)
                 .service(ws::query)
                 .service(ws::data)
                 .service(ws::collaboration)

@@ -1,4 +1,4 @@
-//! Plain HTTP routes: probes, the protocol schema, and the landing page.
+//! Plain HTTP routes: probes, the protocol schema, metrics and the admin API.
 
 use std::sync::Arc;
 
@@ -56,14 +56,6 @@ pub async fn metrics(state: web::Data<Arc<AppState>>) -> HttpResponse {
 #[get("/schema")]
 pub async fn schema() -> HttpResponse {
     HttpResponse::Ok().json(c2s_shared::protocol::schema_document())
-}
-
-/// A small page to try the query endpoint from a browser.
-#[get("/")]
-pub async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("index.html"))
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 mod app;
 mod auth;
 mod config;
+mod demo_page;
 mod http;
 mod presence;
 mod state;
