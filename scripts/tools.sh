@@ -3,6 +3,9 @@
 # - nginx (Debian package): the load balancer of deploy/local-cluster.sh;
 # - a Python venv with check-jsonschema (compose-spec schema), kubernetes-validate and PyYAML, under
 #   $C2S_TOOLS_VENV (default ~/.cache/chat2sql-realtime/venv);
+# - Node.js/npm (Debian packages) when missing, and each client's packages (`npm ci`, when its
+#   package-lock.json changed since the last install);
+# - Debian's Chromium for the browser test (playwright-core drives it; no browser download);
 # - a kustomize renderer: `kubectl kustomize` or `kustomize` must be on PATH (reported, not installed:
 #   neither is a Debian package).
 set -euo pipefail
@@ -24,6 +27,27 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
     || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
   as_root nginx -s stop >/dev/null 2>&1 || true
 fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  log "installing nodejs and npm"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+for client in "$ROOT"/clients/*/; do
+  [ -f "$client/package-lock.json" ] || continue
+  lock_sum=$(md5sum "$client/package-lock.json" | cut -c1-12)
+  if [ ! -f "$client/node_modules/.c2s-lock-$lock_sum" ]; then
+    log "npm ci in ${client#"$ROOT"/}"
+    (cd "$client" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    touch "$client/node_modules/.c2s-lock-$lock_sum"
+  fi
+done
 
 stamp="$VENV/.c2s-tools-$(printf '%s ' "${PY_TOOLS[@]}" | md5sum | cut -c1-12)"
 if [ ! -e "$stamp" ]; then
