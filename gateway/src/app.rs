@@ -220,6 +220,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .node_id
         .clone()
         .unwrap_or_else(|| format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+    // Before listening: participants still registered under this node id belong to a previous process
+    // with the same id (a restarted node); this one has no sockets yet.
+    bus_runtime.block_on(crate::presence::reap_previous_incarnation(
+        backend.bus.as_ref(),
+        &node_id,
+    ));
     {
         let _guard = bus_runtime.enter();
         crate::presence::spawn(

@@ -22,6 +22,31 @@ pub fn spawn(bus: Arc<dyn Bus>, node_id: String, heartbeat: Duration, ttl: Durat
     });
 }
 
+/// A node restarted under the same id (a fixed `--node-id`, a StatefulSet pod) finds its previous
+/// incarnation's participants still registered, and its own heartbeat would keep them alive forever:
+/// announces them as left (`node_lost`) before accepting sockets. Node ids must be unique per live
+/// process (the default is random). Failure is logged, not fatal: the node still serves.
+pub async fn reap_previous_incarnation(bus: &dyn Bus, node_id: &str) {
+    let reaped = async {
+        let participants = bus.node_participants(node_id).await?;
+        for (session_id, participant_id) in &participants {
+            let left = participant_left_frame(session_id, participant_id, "node_lost");
+            bus.session_leave(session_id, participant_id, node_id, &left)
+                .await?;
+        }
+        Ok::<usize, BusError>(participants.len())
+    };
+    match reaped.await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            node = %node_id,
+            participants = n,
+            "reaped the participants of this node id's previous process"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not reap a previous process's participants"),
+    }
+}
+
 async fn beat_and_reap(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<(), BusError> {
     let started = std::time::Instant::now();
     bus.node_heartbeat(node_id).await?;

@@ -698,6 +698,59 @@ async fn participants_of_a_killed_gateway_leave_once_with_node_lost() {
     assert_eq!(ids, want, "participants after the node loss");
 }
 
+/// A gateway restarted under the same `--node-id` (a supervisor, a StatefulSet) must not keep its previous
+/// process's participants alive with its own heartbeat: they leave (`node_lost`) when it starts, long
+/// before any presence TTL (60 s here) could do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_under_the_same_node_id_reaps_its_previous_participants() {
+    let mut cluster = Cluster::builder("collab_node_restart")
+        .gateways(2)
+        .workers(0)
+        .gateway_args([
+            "--presence-ttl-ms",
+            "60000",
+            "--presence-heartbeat-ms",
+            "500",
+        ])
+        .start()
+        .await;
+    let sid = new_session_id("restart");
+    let mut a = cluster.collab(0, &sid, "alice", "Alice").await;
+    let x = cluster.collab(1, &sid, "xavier", "Xavier").await;
+    expect_joined(&mut a, &x).await;
+    let victim = x.participant_id.clone();
+
+    cluster.gateways[1].kill().await;
+    drop(x);
+    let t0 = Instant::now();
+    cluster.respawn_gateway(1).await;
+    let left = a
+        .wait_event(
+            "participant_left of the restarted node's old participant",
+            T,
+            |f| ty(f) == "participant_left" && f["payload"]["participantId"] == json!(victim),
+        )
+        .await;
+    assert_eq!(left["payload"]["reason"], "node_lost", "{}", short(&left));
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "reaped by the restart, not by a presence TTL: {:?}",
+        t0.elapsed()
+    );
+
+    // The restarted node serves the session; the old participant is gone from the snapshot.
+    let y = cluster.collab(1, &sid, "yann", "Yann").await;
+    let ids: BTreeSet<&str> = y.state["payload"]["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(!ids.contains(victim.as_str()), "{ids:?}");
+    assert!(ids.contains(a.participant_id.as_str()), "{ids:?}");
+    a.assert_no_errors();
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 5. Shared execution
 // ---------------------------------------------------------------------------------------------------------

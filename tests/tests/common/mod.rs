@@ -469,7 +469,11 @@ impl Node {
             NodeKind::Worker => &bins.worker,
         };
         let log_path = log_dir.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&log_path)
+        // Appending: a respawned node (same name) keeps its previous process's log above its own.
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
         let mut cmd = Command::new(bin);
         cmd.args(&args)
@@ -980,6 +984,15 @@ impl Cluster {
             ));
         }
         self.gateways.len() - 1
+    }
+
+    /// Starts gateway `i` again, as a new process with the same arguments (so the same `--node-id`), as a
+    /// supervisor restarting a crashed node would; kill it first. Its port may change (`--bind :0`).
+    pub async fn respawn_gateway(&mut self, i: usize) {
+        let old = &self.gateways[i];
+        let (name, args) = (old.name.clone(), old.args.clone());
+        let node = Node::spawn(NodeKind::Gateway, name, args, &self.log_dir).await;
+        self.gateways[i] = node;
     }
 
     /// Starts one more worker (extra flags after the cluster's); returns its index.
