@@ -179,6 +179,11 @@ describe('demo page, two browsers on two gateways', () => {
       { timeout: 15_000 },
     );
     log('Alice reconnected and rejoined');
+    // Her previous connection's participant is gone (the restarted gw-a reaps what its previous
+    // process left), on both pages: Alice and Bob only.
+    for (const page of [pageA, pageB]) {
+      await waitFor(page, 'participant-count', null, '2', 15_000);
+    }
 
     // Still working: Bob's chat reaches Alice…
     await pageB.locator('[data-testid=chat-input]').fill('hello from Bob');
