@@ -157,6 +157,9 @@ impl Application {
                 .service(ws::monitoring)
                 .service(http::post_notice)
         })
+        // Small frames (chat, cursors, pongs) go out at once: with Nagle on, a frame written while the
+        // previous one is unacknowledged waits for the peer's delayed ACK (tens of ms).
+        .tcp_nodelay(true)
         .shutdown_timeout(cli.ws.shutdown_grace_secs)
         // Signals are ours: drain first (see `run_until_stopped`), then stop.
         .disable_signals()

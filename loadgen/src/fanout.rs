@@ -32,7 +32,8 @@ pub async fn run(
         let base = gateways[i % gateways.len()].trim_end_matches('/');
         let session = format!("lg-{run_id}-{}", i % sessions);
         let url = format!("{base}/ws/collaboration/{session}?user=lg{i}");
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        // TCP_NODELAY, as browsers do: otherwise Nagle holds small frames behind a delayed ACK.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
             .await
             .with_context(|| format!("connecting {url}"))?;
         loop {
@@ -44,6 +45,9 @@ pub async fn run(
         }
         sockets.push(ws);
     }
+    // Let the joins settle (every earlier participant receives each later participant_joined) before
+    // measuring, so the figures are of the steady state, not of the join storm.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let per_session = participants.div_ceil(sessions);
     let per_sender_interval = Duration::from_secs_f64(participants as f64 / rate.max(1) as f64);
     let sent_total = rate * seconds;

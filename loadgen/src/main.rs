@@ -336,7 +336,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn stream_once(url: &str, query: &str, options: Value) -> anyhow::Result<RunFigures> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let t0 = Instant::now();

@@ -18,6 +18,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSubSink};
 use redis::streams::{StreamAutoClaimReply, StreamRangeReply, StreamReadReply};
+use redis::IntoConnectionInfo;
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -221,7 +222,12 @@ impl Upstream for RedisUpstream {
 impl RedisBus {
     /// Connects (command connection and pub/sub) and makes sure the worker group exists.
     pub async fn connect(url: &str, settings: BusSettings) -> Result<Arc<RedisBus>, BusError> {
-        let client = Client::open(url)?;
+        // TCP_NODELAY: events are many small writes; with Nagle on, one can wait for Redis's delayed
+        // ACK of the previous one.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)?;
         let conn = client
             .get_connection_manager_with_config(
                 // Fail fast while Redis is down (callers answer `unavailable` and retry themselves);
