@@ -20,25 +20,6 @@ use tokio::time::Instant;
 /// The tests of this file run one after the other.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// 100 000 rows paced by the database (every 1000th row sleeps 50 ms): the stream lasts about 5 s, so a
-/// drain after 10 chunks really happens mid-stream.
-const PACED_QUERY: &str = "SELECT g AS n, md5(g::text) AS h FROM generate_series(1,100000) g \
-     WHERE CASE WHEN g % 1000 = 0 THEN pg_sleep(0.05) IS NOT NULL ELSE true END";
-const PACED_ROWS: u64 = 100_000;
-
-/// Asserts the first column of `rows` is exactly 1..=n, each value once, in order.
-fn assert_rows_are_1_to(rows: &[Value], n: u64, what: &str) {
-    assert_eq!(rows.len() as u64, n, "{what}: row count");
-    for (i, row) in rows.iter().enumerate() {
-        assert_eq!(
-            row[0].as_u64(),
-            Some(i as u64 + 1),
-            "{what}: row {i} should be n = {} (every row exactly once, in order): {row}",
-            i + 1
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // 1. SIGTERM drain
 // ---------------------------------------------------------------------------------------------------------
@@ -62,25 +43,7 @@ async fn sigterm_drains_with_1012_and_the_client_resumes_on_another_node() {
     data.ping(2).await;
     let mut monitoring = cluster.client(0, "/ws/monitoring").await;
     let mut q = cluster.query_client(0).await;
-    let exec = q
-        .execute(
-            PACED_QUERY,
-            Some(json!({"chunkSize": 1000, "rowFormat": "arrays", "timeoutMs": 120_000})),
-            Some("drain-q"),
-        )
-        .await;
-    let mut chunks = 0;
-    let mut frames = q
-        .recv_events_until(&exec, Some(Duration::from_secs(60)), |f| {
-            chunks += u32::from(ty(f) == "data_chunk");
-            chunks >= 10 || is_terminal(f)
-        })
-        .await;
-    assert!(
-        !is_terminal(frames.last().expect("non-empty")),
-        "scenario check: the query must still be streaming when the node is stopped: {}",
-        describe(&frames)
-    );
+    let (exec, mut frames) = q.start_paced_stream("drain-q", 10).await;
 
     // SIGTERM; meanwhile poll /readyz (best effort: an answer after the first 1012 must be 503, and no
     // 200 may follow a 503).

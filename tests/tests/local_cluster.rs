@@ -13,11 +13,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// 100 000 rows paced by the database (every 1000th row sleeps 50 ms): the stream lasts ~5 s, so the
-/// kill really happens mid-stream.
-const PACED_QUERY: &str = "SELECT g AS n, md5(g::text) AS h FROM generate_series(1,100000) g \
-     WHERE CASE WHEN g % 1000 = 0 THEN pg_sleep(0.05) IS NOT NULL ELSE true END";
-const PACED_ROWS: usize = 100_000;
 const PROCESSES: [&str; 5] = ["gateway-1", "gateway-2", "worker-1", "worker-2", "lb"];
 
 fn free_port() -> u16 {
@@ -213,25 +208,7 @@ async fn local_cluster_survives_a_gateway_kill_behind_the_load_balancer() {
     );
 
     // A long stream; kill -9 its gateway mid-way.
-    let exec = first
-        .execute(
-            PACED_QUERY,
-            Some(json!({"chunkSize": 1000, "rowFormat": "arrays", "timeoutMs": 120_000})),
-            Some("lc-paced"),
-        )
-        .await;
-    let mut chunks = 0;
-    let mut frames = first
-        .recv_events_until(&exec, Some(Duration::from_secs(60)), |f| {
-            chunks += u32::from(ty(f) == "data_chunk");
-            chunks >= 10 || is_terminal(f)
-        })
-        .await;
-    assert!(
-        !is_terminal(frames.last().expect("non-empty")),
-        "scenario check: still streaming when the gateway is killed: {}",
-        describe(&frames)
-    );
+    let (exec, mut frames) = first.start_paced_stream("lc-paced", 10).await;
     let pid = cluster.pid(&node).expect("pid of the gateway");
     let (ok, out) = cluster.script(&["kill", &node]);
     assert!(ok, "local-cluster.sh kill {node}: {out}");
@@ -271,14 +248,11 @@ async fn local_cluster_survives_a_gateway_kill_behind_the_load_balancer() {
         short(&s.terminal),
         cluster.log_tail(&other)
     );
-    assert_eq!(s.rows.len(), PACED_ROWS, "row count after the resume");
-    for (i, row) in s.rows.iter().enumerate() {
-        assert_eq!(
-            row[0].as_u64(),
-            Some(i as u64 + 1),
-            "row {i}: every row once, in order"
-        );
-    }
+    assert_rows_are_1_to(
+        &s.rows,
+        PACED_ROWS,
+        "after the resume through the load balancer",
+    );
 
     // `down` stops everything, and nothing listens on the cluster's ports any more.
     let pids: Vec<(&str, u32)> = PROCESSES

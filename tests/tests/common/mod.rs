@@ -52,6 +52,25 @@ pub const EVENT_TYPES: &[&str] = &[
     "query_error",
     "query_cancelled",
 ];
+/// 100 000 rows paced by the database (every 1000th row sleeps 50 ms): the stream lasts about 5 s, so a
+/// node stopped after a few chunks really stops mid-stream.
+pub const PACED_QUERY: &str = "SELECT g AS n, md5(g::text) AS h FROM generate_series(1,100000) g \
+     WHERE CASE WHEN g % 1000 = 0 THEN pg_sleep(0.05) IS NOT NULL ELSE true END";
+pub const PACED_ROWS: u64 = 100_000;
+
+/// Asserts the first column of `rows` is exactly 1..=n, each value once, in order.
+pub fn assert_rows_are_1_to(rows: &[Value], n: u64, what: &str) {
+    assert_eq!(rows.len() as u64, n, "{what}: row count");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row[0].as_u64(),
+            Some(i as u64 + 1),
+            "{what}: row {i} should be n = {} (every row exactly once, in order): {row}",
+            i + 1
+        );
+    }
+}
+
 pub const TERMINAL_TYPES: &[&str] = &["query_completed", "query_error", "query_cancelled"];
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1605,6 +1624,31 @@ impl Client {
             );
         }
         exec
+    }
+
+    /// Runs [`PACED_QUERY`] (chunks of 1000 rows, arrays) and reads its events until `chunks` data chunks
+    /// arrived; asserts it is still streaming. Returns the execution id and the events so far.
+    pub async fn start_paced_stream(&mut self, id: &str, chunks: u32) -> (String, Vec<Value>) {
+        let exec = self
+            .execute(
+                PACED_QUERY,
+                Some(json!({"chunkSize": 1000, "rowFormat": "arrays", "timeoutMs": 120_000})),
+                Some(id),
+            )
+            .await;
+        let mut seen = 0;
+        let frames = self
+            .recv_events_until(&exec, Some(Duration::from_secs(60)), |f| {
+                seen += u32::from(ty(f) == "data_chunk");
+                seen >= chunks || is_terminal(f)
+            })
+            .await;
+        assert!(
+            !is_terminal(frames.last().expect("non-empty")),
+            "scenario check: the query must still be streaming after {chunks} chunks: {}",
+            describe(&frames)
+        );
+        (exec, frames)
     }
 
     pub async fn cancel(&mut self, exec: &str) {
