@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from 'react';
+import { useState } from 'react';
 import type { ExecuteOptions, QueryHandle } from '@chat2sql/realtime';
 import { useCollaborativeSession, useRealtimeClient } from '@chat2sql/realtime/react';
 import { identityOptions, type PageConfig } from './config';
@@ -6,21 +6,19 @@ import { ConnectionBar } from './ConnectionBar';
 import { QueryPanel } from './QueryPanel';
 import { ResultsTable } from './ResultsTable';
 import { CollabPanel } from './CollabPanel';
-import { ExecutionTracker } from './tracker';
+import { useSessionExecution } from './tracker';
 import { useSharedText } from './sharedText';
 import { lineCol, useThrottledCallback } from './hooks';
 
-/** Rows as arrays (compact: a million rows stay light) in chunks of 1000. */
+/**
+ * Rows as arrays (compact: a million rows stay light) in chunks of 1000. Nothing here iterates a handle's events
+ * (rows go to row stores, state to `useQueryState`): no event buffer at all.
+ */
 const RUN_OPTIONS: ExecuteOptions = { rowFormat: 'arrays', chunkSize: 1000, buffer: false };
 
 const DEFAULT_QUERY = `SELECT c.name, c.country, count(o.id) AS orders, round(sum(o.amount), 2) AS total
 FROM customers c JOIN orders o ON o.customer_id = c.id
 GROUP BY c.id ORDER BY total DESC LIMIT 20`;
-
-/** One tracker for the page's life (nothing to close: it holds listeners of handles only). */
-function useTracker(): ExecutionTracker {
-  return useMemo(() => new ExecutionTracker(), []);
-}
 
 function Header({ config }: { config: PageConfig }) {
   const who = config.token ? 'token' : config.user ? `${config.name ?? config.user} (${config.user})` : 'anonymous';
@@ -36,23 +34,24 @@ function Header({ config }: { config: PageConfig }) {
 
 /** No session: queries on `/ws/query`. */
 function SoloApp({ config }: { config: PageConfig }) {
+  // The client's identity (url, path, user, name) is the same on every render: one client for the page's life.
   const client = useRealtimeClient({ url: config.url, path: '/ws/query', ...identityOptions(config) });
-  const tracker = useTracker();
+  // The execution shown: made by a click, so the table's `useStreamingData` attaches before any of its events.
+  const [handle, setHandle] = useState<QueryHandle | null>(null);
   const [text, setText] = useState(DEFAULT_QUERY);
   const run = () => {
     if (!text.trim()) return;
     // Alone, a new run replaces the previous one: stop that one on the database too.
-    const previous = tracker.current;
-    if (previous && !previous.state.outcome) void previous.cancel().catch(() => {});
-    tracker.follow(client.executeQuery(text, RUN_OPTIONS));
+    if (handle && !handle.state.outcome) void handle.cancel().catch(() => {});
+    setHandle(client.executeQuery(text, RUN_OPTIONS));
   };
   return (
     <div className="app solo">
       <Header config={config} />
       <ConnectionBar client={client} label="/ws/query" />
       <main>
-        <QueryPanel tracker={tracker} text={text} onTextChange={setText} onRun={run} />
-        <ResultsTable tracker={tracker} />
+        <QueryPanel handle={handle} text={text} onTextChange={setText} onRun={run} />
+        <ResultsTable source={handle} />
       </main>
     </div>
   );
@@ -64,19 +63,9 @@ function SessionApp({ config, sessionId }: { config: PageConfig; sessionId: stri
     url: config.url,
     ...identityOptions(config),
   });
-  const tracker = useTracker();
+  const { shown, showPending } = useSessionExecution(session);
   const shared = useSharedText(session, sessionState);
   const [runError, setRunError] = useState<string | undefined>(undefined);
-
-  // Every participant (the author too) follows a shared execution from its `shared_execution` event: the
-  // rows are attached in the event handler itself, before any of the execution's events can be dispatched.
-  useEffect(
-    () =>
-      session.client.on('shared_execution', (p) => {
-        tracker.follow(session.watchExecution(p.executionId, { buffer: false }));
-      }),
-    [session, tracker],
-  );
 
   const sendCursor = useThrottledCallback((value: string, offset: number) => updateCursor(lineCol(value, offset)), 100);
 
@@ -84,9 +73,9 @@ function SessionApp({ config, sessionId }: { config: PageConfig; sessionId: stri
     const query = shared.text;
     if (!query.trim()) return;
     setRunError(undefined);
-    const handle: QueryHandle = session.executeQuery(query, RUN_OPTIONS);
+    const handle = session.executeQuery(query, RUN_OPTIONS);
     // Until its `shared_execution` arrives, show this handle (pending/queued, or why it was refused).
-    tracker.follow(handle);
+    showPending(handle);
     void handle.done.then((outcome) => {
       if (outcome.status === 'rejected') setRunError(outcome.error.message);
     });
@@ -108,14 +97,14 @@ function SessionApp({ config, sessionId }: { config: PageConfig; sessionId: stri
       <div className="columns">
         <main>
           <QueryPanel
-            tracker={tracker}
+            handle={shown.handle}
             text={shared.text}
             onTextChange={shared.setText}
             onCursor={sendCursor}
             onRun={run}
             note={note}
           />
-          <ResultsTable tracker={tracker} />
+          <ResultsTable source={shown.rows} />
         </main>
         <CollabPanel state={sessionState} onSend={sendChatMessage} />
       </div>

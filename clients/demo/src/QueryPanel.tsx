@@ -1,7 +1,6 @@
 import type { ChangeEvent, KeyboardEvent, RefObject, SyntheticEvent } from 'react';
-import type { QueryState } from '@chat2sql/realtime';
-import type { ExecutionTracker } from './tracker';
-import { useThrottledRender } from './hooks';
+import type { QueryHandle, QueryState } from '@chat2sql/realtime';
+import { useQueryState } from '@chat2sql/realtime/react';
 
 const ACTIVE = new Set(['pending', 'queued', 'running', 'streaming']);
 
@@ -36,7 +35,8 @@ function describeStatus(s: QueryState | null): string {
 }
 
 interface QueryPanelProps {
-  tracker: ExecutionTracker;
+  /** The execution shown (its state is rendered at most every 80 ms while rows stream in). */
+  handle: QueryHandle | null;
   text: string;
   onTextChange: (text: string) => void;
   onCursor?: (text: string, selectionStart: number) => void;
@@ -48,9 +48,8 @@ interface QueryPanelProps {
 }
 
 /** The editor, Run / Cancel, the progress bar with the current step, and the execution's status. */
-export function QueryPanel({ tracker, text, onTextChange, onCursor, onRun, editorRef, note, readOnly }: QueryPanelProps) {
-  useThrottledRender(tracker.subscribe, 80);
-  const state = tracker.state;
+export function QueryPanel({ handle, text, onTextChange, onCursor, onRun, editorRef, note, readOnly }: QueryPanelProps) {
+  const state = useQueryState(handle, { notifyIntervalMs: 80 });
   const active = state !== null && ACTIVE.has(state.status);
   const progress = state ? (state.status === 'completed' ? 100 : state.progress) : 0;
   const cursor = (e: SyntheticEvent<HTMLTextAreaElement>) => onCursor?.(e.currentTarget.value, e.currentTarget.selectionStart);
@@ -84,7 +83,7 @@ export function QueryPanel({ tracker, text, onTextChange, onCursor, onRun, edito
         <button type="button" data-testid="run" onClick={onRun} disabled={!text.trim()}>
           Run
         </button>
-        <button type="button" data-testid="cancel" onClick={() => void tracker.current?.cancel()} disabled={!active}>
+        <button type="button" data-testid="cancel" onClick={() => void handle?.cancel()} disabled={!active}>
           Cancel
         </button>
         <progress data-testid="progress" max={100} value={progress} data-progress={progress} />

@@ -1,7 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from 'react';
-import type { Column, RowFormat } from '@chat2sql/realtime';
-import type { ExecutionTracker } from './tracker';
-import { useThrottledRender } from './hooks';
+import type { Column, QueryHandle, RowFormat, RowStore } from '@chat2sql/realtime';
+import { useStreamingData } from '@chat2sql/realtime/react';
 
 const ROW_HEIGHT = 24;
 const OVERSCAN = 8;
@@ -26,10 +25,9 @@ function valueAt(row: unknown, index: number, column: Column, format: RowFormat 
  * by scrollTop with a fixed row height, so a million rows scroll as smoothly as a hundred. Rows are read in
  * place from the store (never copied); re-renders are throttled while chunks stream in.
  */
-export function ResultsTable({ tracker }: { tracker: ExecutionTracker }) {
-  useThrottledRender(tracker.subscribe, 60);
-  const snap = tracker.snapshot;
-  const rows = tracker.rows.rows;
+export function ResultsTable({ source }: { source: QueryHandle | RowStore | null }) {
+  // Re-renders at most every 60 ms while chunks stream in (a shared execution's store: every 50 ms, the SDK's).
+  const { streamingData: snap, rows } = useStreamingData(source, { notifyIntervalMs: 60 });
   const count = rows.length;
   const columns = snap.columns;
   const viewport = useRef<HTMLDivElement>(null);

@@ -1,30 +1,4 @@
-import { useEffect, useReducer, useRef } from 'react';
-
-/**
- * Re-renders when `subscribe` fires, at most once every `ms` (the last change is always rendered). For stores
- * that change on every `data_chunk`: a million rows should cost a few dozen renders a second, not one per chunk.
- */
-export function useThrottledRender(subscribe: (listener: () => void) => () => void, ms: number): void {
-  const [, bump] = useReducer((n: number) => n + 1, 0);
-  useEffect(() => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let last = 0;
-    const off = subscribe(() => {
-      if (timer !== undefined) return;
-      const wait = Math.max(0, last + ms - performance.now());
-      timer = setTimeout(() => {
-        timer = undefined;
-        last = performance.now();
-        bump();
-      }, wait);
-    });
-    bump();
-    return () => {
-      off();
-      if (timer !== undefined) clearTimeout(timer);
-    };
-  }, [subscribe, ms]);
-}
+import { useEffect, useRef } from 'react';
 
 /** Calls `fn` at most every `ms`, always with the latest arguments (trailing call guaranteed). */
 export function useThrottledCallback<A extends unknown[]>(fn: (...args: A) => void, ms: number): (...args: A) => void {

@@ -5,9 +5,9 @@ const DEBOUNCE_MS = 250;
 
 export interface SharedText {
   readonly text: string;
-  /** A local edit: shown at once, sent (debounced) as `update_query` with `baseVersion`. */
+  /** A local edit: shown at once, sent (debounced) as `update_query` with the version it was made on. */
   readonly setText: (text: string) => void;
-  /** The version the editor's text is based on. */
+  /** The version of the shared text. */
   readonly version: number;
   /** The last conflict or failure, for the user. */
   readonly notice: string | undefined;
@@ -16,91 +16,53 @@ export interface SharedText {
 /**
  * The editor IS the session's shared query text.
  *
- * - Local edits are sent debounced, one update at a time, based on the version the text was derived from.
+ * - Local edits are sent debounced with `baseVersion`: the version the editor last took the text from. The SDK
+ *   sends one update at a time, skips over versions our own updates wrote, and resolves `conflict` when someone
+ *   else's update replaced that version — so a debounced edit never overwrites a newer text.
  * - A remote update replaces the editor text (also discarding a local edit not sent yet: the server's text wins).
- * - A conflict (someone else's update landed first) takes the server's text.
- *
- * The SDK's `updateQuery` sends the latest version it knows as `baseVersion`; this hook makes sure that is the
- * version the edit was made on (it never sends an edit made on text a newer remote update has replaced).
+ * - A conflict takes the server's text.
  */
 export function useSharedText(session: CollaborationSession, state: CollaborationState): SharedText {
   const [text, setTextState] = useState(state.query);
   const [notice, setNotice] = useState<string | undefined>(undefined);
-  const textRef = useRef(text);
+  /** The version the editor's text was taken from (our own later versions are not conflicts: the SDK skips them). */
   const base = useRef(state.queryVersion);
-  const [version, setVersion] = useState(state.queryVersion);
   const timer = useRef<ReturnType<typeof setTimeout> | undefined>(undefined);
-  const inFlight = useRef(false);
-  const dirty = useRef(false);
 
-  const adopt = useCallback((query: string, v: number) => {
+  const adopt = useCallback((query: string, version: number) => {
     if (timer.current !== undefined) clearTimeout(timer.current);
     timer.current = undefined;
-    dirty.current = false;
-    base.current = v;
-    setVersion(v);
-    textRef.current = query;
+    base.current = version;
     setTextState(query);
   }, []);
 
-  const flush = useCallback(async () => {
-    timer.current = undefined;
-    if (!dirty.current) return;
-    if (inFlight.current) {
-      timer.current = setTimeout(() => void flush(), DEBOUNCE_MS);
-      return;
-    }
-    const s = session.state;
-    if (s.queryVersion > base.current) {
-      // Someone else's text landed since this edit began: theirs wins.
-      setNotice(`your edit was replaced by a newer version (${s.queryVersion})`);
-      adopt(s.query, s.queryVersion);
-      return;
-    }
-    dirty.current = false;
-    inFlight.current = true;
-    const sentBase = base.current;
-    const result = await session.updateQuery(textRef.current);
-    inFlight.current = false;
-    switch (result.status) {
-      case 'applied':
-        base.current = Math.max(base.current, sentBase + 1);
-        setVersion(base.current);
-        setNotice(undefined);
-        break;
-      case 'conflict':
+  const send = useCallback(
+    async (next: string) => {
+      timer.current = undefined;
+      const result = await session.updateQuery(next, { baseVersion: base.current });
+      if (result.status === 'applied') setNotice(undefined);
+      else if (result.status === 'failed') setNotice(`update failed: ${result.error.message}`);
+      else if (result.status === 'conflict' && result.currentVersion > base.current) {
         setNotice(`conflict: version ${result.currentVersion} was written first; took the server's text`);
         adopt(result.currentQuery, result.currentVersion);
-        break;
-      case 'failed':
-        dirty.current = true; // keep the text; the next edit retries
-        setNotice(`update failed: ${result.error.message}`);
-        break;
-      case 'superseded':
-        break;
-    }
-  }, [session, adopt]);
+      }
+    },
+    [session, adopt],
+  );
 
   const setText = useCallback(
     (next: string) => {
-      textRef.current = next;
       setTextState(next);
-      dirty.current = true;
       if (timer.current !== undefined) clearTimeout(timer.current);
-      timer.current = setTimeout(() => void flush(), DEBOUNCE_MS);
+      timer.current = setTimeout(() => void send(next), DEBOUNCE_MS);
     },
-    [flush],
+    [send],
   );
 
-  // Remote state: a newer version from someone else replaces the editor; our own echo only moves the version.
+  // Someone else's newer version replaces the editor text; our own echoes change nothing.
   const { query, queryVersion, queryAuthor, participantId, joined } = state;
   useEffect(() => {
-    if (!joined || queryVersion <= base.current) return;
-    if (queryAuthor !== null && queryAuthor === participantId) {
-      base.current = queryVersion;
-      setVersion(queryVersion);
-      return;
-    }
+    if (!joined || queryVersion <= base.current || queryAuthor === participantId) return;
     adopt(query, queryVersion);
   }, [query, queryVersion, queryAuthor, participantId, joined, adopt]);
 
@@ -111,5 +73,5 @@ export function useSharedText(session: CollaborationSession, state: Collaboratio
     [],
   );
 
-  return { text, setText, version, notice };
+  return { text, setText, version: queryVersion, notice };
 }

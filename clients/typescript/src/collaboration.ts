@@ -2,6 +2,7 @@ import { RealtimeClient, type RealtimeClientOptions } from './client.js';
 import type { ChatEntry, Participant, ServerFrame, SharedExecution } from './generated/protocol.js';
 import { RealtimeError } from './protocol.js';
 import type { ExecuteOptions, QueryHandle, SubscribeOptions } from './query.js';
+import { RowStore } from './rows.js';
 import { Emitter, uuid } from './util.js';
 
 /** Options of {@link CollaborationSession}: a client's options without `path`, plus the session. */
@@ -10,8 +11,48 @@ export interface CollaborationOptions extends Omit<RealtimeClientOptions, 'path'
   sessionId: string;
   /** Most chat messages kept in {@link CollaborationState.chat} (oldest dropped). Default 500. */
   chatLimit?: number;
-  /** Most shared executions kept in {@link CollaborationState.executions}. Default 50. */
+  /** Most shared executions kept in {@link CollaborationState.executions} (and {@link CollaborationSession.sharedExecutions}). Default 50. */
   executionLimit?: number;
+  /**
+   * How many of the most recent shared executions keep their rows in a {@link RowStore} (attached when the
+   * `shared_execution` announcement is handled, before any of the execution's events). An older execution's
+   * store is detached and dropped by the session (its `rows` becomes `null`; the rows are freed unless you
+   * still hold the store). Default 1: the latest run only — a shared 1M-row result is held once. 0: no stores.
+   */
+  sharedRows?: number;
+  /** `notifyIntervalMs` of those stores (see {@link RowStore}): listeners run at most this often while rows stream. Default 50. */
+  rowsNotifyIntervalMs?: number;
+}
+
+/**
+ * A query run in the session (by anyone, this participant included), followed from its `shared_execution`
+ * announcement: the handle and the row store are created synchronously while the announcement is handled, so
+ * no event of the execution can arrive before them.
+ */
+export interface SharedExecutionEntry<Row = unknown> {
+  readonly executionId: string;
+  /** The announcement: who ran it (`authorId`, a participant id), the SQL, when. */
+  readonly execution: SharedExecution;
+  /** Its state, outcome, `cancel()` (no event buffer: use `on` or the callbacks of your own `watchExecution`). */
+  readonly handle: QueryHandle;
+  /** Its rows, from the first chunk; `null` beyond the `sharedRows` most recent executions. */
+  readonly rows: RowStore<Row> | null;
+}
+
+/** Options of {@link CollaborationSession.updateQuery}. */
+export interface UpdateQueryOptions {
+  /**
+   * The version of the shared text this edit was made on (e.g. `state.queryVersion` when the user typed, or the
+   * version your editor last took the text from). If someone else's update landed after it, the update resolves
+   * `conflict` instead of overwriting theirs. Versions written since then by this session's own updates are not
+   * conflicts (your text already contains them): they are skipped over, so a later edit can be sent while an
+   * earlier one is still in flight. Default: the latest version this session knew **when `updateQuery` was
+   * called** (not when the update is actually sent). Pass it explicitly when the edit is older than the call
+   * (debounced editors).
+   */
+  baseVersion?: number;
+  /** Send without `baseVersion`: last writer wins, never `conflict`. */
+  force?: boolean;
 }
 
 /** The shared state of a session as this participant sees it; a new object on every change. */
@@ -44,7 +85,7 @@ export type UpdateQueryResult =
   | { readonly status: 'failed'; readonly error: RealtimeError };
 
 type SessionEvents = {
-  /** The state changed. */
+  /** The state (or {@link CollaborationSession.sharedExecutions}) changed. */
   change: (state: CollaborationState) => void;
   /** An `updateQuery` conflicted. */
   conflict: (info: { currentVersion: number; currentQuery: string; attempted: string }) => void;
@@ -53,8 +94,14 @@ type SessionEvents = {
 interface PendingUpdate {
   text: string;
   force: boolean;
+  /** The version the edit was made on (explicit, or the latest known at the call). */
+  base: number;
+  explicit: boolean;
   resolvers: Array<(result: UpdateQueryResult) => void>;
 }
+
+/** Versions of our own updates remembered to skip over (older ones are forgotten). */
+const OWN_VERSIONS_KEPT = 1000;
 
 /**
  * A collaboration session (`/ws/collaboration/{sessionId}`): presence, the shared query text with optimistic
@@ -82,18 +129,27 @@ export class CollaborationSession {
   private readonly offs: Array<() => void> = [];
   private readonly chatLimit: number;
   private readonly executionLimit: number;
+  private readonly sharedRows: number;
+  private readonly rowsNotifyIntervalMs: number;
+  private shared: readonly SharedExecutionEntry[] = [];
   /** The latest version we know of: from events, and from our own acknowledged updates (base + 1). */
   private knownVersion = 0;
+  /** Versions written by this session's own updates (acks of based updates, echoes of our participant ids). */
+  private readonly ownVersions = new Set<number>();
+  /** Every participant id this session had (one per connection). */
+  private readonly ownParticipants = new Set<string>();
   /** The `seq` of the snapshot of the current connection: events at or below it are already in it. */
   private snapshotSeq = 0;
   private inFlight: PendingUpdate | undefined;
   private next: PendingUpdate | undefined;
 
   constructor(options: CollaborationOptions) {
-    const { sessionId, chatLimit, executionLimit, autoConnect, ...clientOptions } = options;
+    const { sessionId, chatLimit, executionLimit, sharedRows, rowsNotifyIntervalMs, autoConnect, ...clientOptions } = options;
     this.sessionId = sessionId;
     this.chatLimit = chatLimit ?? 500;
     this.executionLimit = executionLimit ?? 50;
+    this.sharedRows = Math.max(0, sharedRows ?? 1);
+    this.rowsNotifyIntervalMs = rowsNotifyIntervalMs ?? 50;
     this.current = {
       sessionId,
       participantId: null,
@@ -134,6 +190,22 @@ export class CollaborationSession {
   /** Current-state getter for `useSyncExternalStore`. */
   getSnapshot = (): CollaborationState => this.current;
 
+  /**
+   * The shared executions, oldest first (at most `executionLimit`), each with its handle and — for the
+   * `sharedRows` most recent — its rows. A new array when it changes; {@link subscribe} listeners are called then.
+   */
+  get sharedExecutions(): readonly SharedExecutionEntry[] {
+    return this.shared;
+  }
+
+  /** The most recent shared execution, if any. */
+  get latestSharedExecution(): SharedExecutionEntry | null {
+    return this.shared[this.shared.length - 1] ?? null;
+  }
+
+  /** `useSyncExternalStore` getter of {@link sharedExecutions}. */
+  getSharedExecutions = (): readonly SharedExecutionEntry[] => this.shared;
+
   /** Listens to `change` or `conflict`; returns the unsubscribe function. For protocol events use `client.on`. */
   on<E extends keyof SessionEvents>(event: E, handler: SessionEvents[E]): () => void {
     return this.emitter.on(event, handler);
@@ -153,14 +225,24 @@ export class CollaborationSession {
   }
 
   /**
-   * Replaces the shared query text. Sent with `baseVersion` (the latest version known here), so a concurrent
-   * edit by someone else yields `conflict` instead of being overwritten; `force` sends it without
-   * (last writer wins). Updates are sent one at a time; a call made while one is in flight replaces any
-   * call still waiting (that one resolves `superseded`). After a conflict the waiting call is dropped too.
+   * Replaces the shared query text. Sent with `baseVersion` — the version the edit was made on (see
+   * {@link UpdateQueryOptions.baseVersion}: explicit, or by default the latest version known at this call) —
+   * so an edit based on a version someone else has since replaced resolves `conflict` instead of overwriting
+   * theirs; `force` sends it without (last writer wins). Updates are sent one at a time; a call made while one
+   * is in flight replaces any call still waiting (that one resolves `superseded`). When the one in flight
+   * conflicts, the waiting call resolves with the same conflict, unless it was given a `baseVersion` at least as
+   * new as the conflicting version (it was made on the current text): then it is sent.
    */
-  updateQuery(text: string, options: { force?: boolean } = {}): Promise<UpdateQueryResult> {
+  updateQuery(text: string, options: UpdateQueryOptions = {}): Promise<UpdateQueryResult> {
     return new Promise((resolve) => {
-      const update: PendingUpdate = { text, force: options.force ?? false, resolvers: [resolve] };
+      const explicit = options.baseVersion !== undefined && options.baseVersion !== null;
+      const update: PendingUpdate = {
+        text,
+        force: options.force ?? false,
+        base: explicit ? options.baseVersion! : this.knownVersion,
+        explicit,
+        resolvers: [resolve],
+      };
       if (!this.inFlight) {
         this.sendUpdate(update);
         return;
@@ -197,9 +279,24 @@ export class CollaborationSession {
 
   // ---- internals -----------------------------------------------------------------------------------------
 
+  /** `base`, moved past the versions our own updates wrote right after it. */
+  private rebase(base: number): number {
+    let b = base;
+    while (this.ownVersions.has(b + 1)) b++;
+    return b;
+  }
+
+  private rememberOwnVersion(version: number): void {
+    this.ownVersions.add(version);
+    if (this.ownVersions.size > OWN_VERSIONS_KEPT) {
+      const oldest = Math.min(...this.ownVersions);
+      this.ownVersions.delete(oldest);
+    }
+  }
+
   private sendUpdate(update: PendingUpdate): void {
     this.inFlight = update;
-    const base = update.force ? undefined : this.knownVersion;
+    const base = update.force ? undefined : this.rebase(update.base);
     const settle = (result: UpdateQueryResult): void => {
       if (this.inFlight !== update) return;
       this.inFlight = undefined;
@@ -207,8 +304,11 @@ export class CollaborationSession {
       const next = this.next;
       this.next = undefined;
       if (next) {
-        if (result.status === 'conflict') next.resolvers.forEach((r) => r(result));
-        else this.sendUpdate(next);
+        if (result.status === 'conflict' && !(next.explicit && next.base >= result.currentVersion)) {
+          next.resolvers.forEach((r) => r(result));
+        } else {
+          this.sendUpdate(next);
+        }
       }
     };
     this.client.sendWithWaiter(
@@ -216,7 +316,10 @@ export class CollaborationSession {
       base === undefined ? { query: update.text } : { query: update.text, baseVersion: base },
       {
         ack: () => {
-          if (base !== undefined) this.knownVersion = Math.max(this.knownVersion, base + 1);
+          if (base !== undefined) {
+            this.knownVersion = Math.max(this.knownVersion, base + 1);
+            this.rememberOwnVersion(base + 1);
+          }
           settle({ status: 'applied' });
         },
         fail: (error) => {
@@ -227,6 +330,7 @@ export class CollaborationSession {
             this.knownVersion = Math.max(this.knownVersion, currentVersion);
             if (currentQuery === update.text) {
               // Our own update, re-sent after a reconnect after it had been applied.
+              this.rememberOwnVersion(currentVersion);
               settle({ status: 'applied' });
               return;
             }
@@ -256,6 +360,8 @@ export class CollaborationSession {
         const p = frame.payload;
         this.snapshotSeq = p.snapshotSeq;
         this.knownVersion = p.queryVersion;
+        this.ownParticipants.add(p.participantId);
+        if (p.queryAuthor != null && this.ownParticipants.has(p.queryAuthor)) this.rememberOwnVersion(p.queryVersion);
         const { [p.participantId]: _own, ...cursors } = p.cursors;
         this.set({
           participantId: p.participantId,
@@ -283,6 +389,7 @@ export class CollaborationSession {
       case 'query_updated':
         if (folded || frame.payload.version < s.queryVersion) return;
         this.knownVersion = Math.max(this.knownVersion, frame.payload.version);
+        if (this.ownParticipants.has(frame.payload.authorId)) this.rememberOwnVersion(frame.payload.version);
         this.set({ query: frame.payload.query, queryVersion: frame.payload.version, queryAuthor: frame.payload.authorId });
         break;
       case 'cursor_moved':
@@ -295,10 +402,35 @@ export class CollaborationSession {
         break;
       case 'shared_execution':
         if (s.executions.some((e) => e.executionId === frame.payload.executionId)) return;
+        // Synchronously, before the next frame is read: the execution's first event cannot precede its store.
+        this.followShared(frame.payload);
         this.set({ executions: [...s.executions, frame.payload].slice(-this.executionLimit) });
         break;
       default:
     }
+  }
+
+  private followShared(execution: SharedExecution): void {
+    const handle = this.client.watch(execution.executionId, { buffer: false });
+    let rows: RowStore | null = null;
+    if (this.sharedRows > 0) {
+      rows = new RowStore({ notifyIntervalMs: this.rowsNotifyIntervalMs });
+      rows.attach(handle);
+    }
+    const all = [...this.shared, { executionId: execution.executionId, execution, handle, rows }];
+    // Forget the oldest beyond executionLimit; release the stores beyond sharedRows.
+    for (const gone of all.splice(0, Math.max(0, all.length - this.executionLimit))) {
+      gone.rows?.dispose();
+      gone.handle.dispose();
+    }
+    for (let i = 0; i < all.length - this.sharedRows; i++) {
+      const entry = all[i]!;
+      if (entry.rows) {
+        entry.rows.dispose();
+        all[i] = { ...entry, rows: null };
+      }
+    }
+    this.shared = all;
   }
 
   /** Union by id, ordered by time, capped. */

@@ -33,6 +33,7 @@ export {
   type QueryCallbacks,
   type ExecuteOptions,
   type SubscribeOptions,
+  DEFAULT_BUFFER_LIMIT,
 } from './query.js';
 export { RowStore, type RowStoreOptions, type RowStoreSnapshot } from './rows.js';
 export {
@@ -40,5 +41,7 @@ export {
   type CollaborationOptions,
   type CollaborationState,
   type UpdateQueryResult,
+  type UpdateQueryOptions,
+  type SharedExecutionEntry,
 } from './collaboration.js';
 export * from './protocol.js';

@@ -154,8 +154,11 @@ export function isRetryableClose(code: number): boolean {
 
 /** An `error` frame (or a local failure) as an `Error`. `code` is the protocol's error code or a local one. */
 export class RealtimeError extends Error {
-  /** `bad_request`, `not_found`, `conflict`, … or a local code: `closed`, `queue_full`, `timeout`. */
-  readonly code: ErrorBody['code'] | 'closed' | 'queue_full' | 'timeout';
+  /**
+   * `bad_request`, `not_found`, `conflict`, … or a local code: `closed`, `queue_full`, `timeout`,
+   * `buffer_overflow` (a query handle's bounded event buffer overflowed before anyone iterated).
+   */
+  readonly code: ErrorBody['code'] | 'closed' | 'queue_full' | 'timeout' | 'buffer_overflow';
   /** The server's error body, when the server sent one. */
   readonly body: ErrorBody | undefined;
 

@@ -87,18 +87,35 @@ export interface ExecuteOptions extends QueryOptions, QueryCallbacks {
   /** W3C trace context for the query's trace. */
   traceparent?: string;
   /**
-   * Keep events for {@link QueryHandle.events} from the start, before anyone iterates. Default: true when no
-   * callback is given. Leave it off for large results consumed by callbacks (it holds every event until read).
+   * Keeps the events that arrive before anyone iterates ({@link QueryHandle.events} / `for await`), so an
+   * iterator started later still begins at the first event. The buffer holds events only until an iterator takes
+   * them over (an iterator's own queue holds what it has not read yet).
+   *
+   * - default (not set): **bounded, and only while nobody else consumes the events**. Without callbacks the
+   *   handle buffers at most {@link DEFAULT_BUFFER_LIMIT} rows (each other event counts as one), and drops the
+   *   buffer as soon as a push consumer appears: {@link QueryHandle.on}, {@link QueryHandle.subscribe}, or a
+   *   `RowStore` attached to the handle (which uses `on`). With any callback option, nothing is buffered.
+   *   So `executeQuery(q)` + a `RowStore`/`useStreamingData`/`on` never holds a 1M-row result twice.
+   * - `false`: no buffer (an iterator sees the events from when it starts).
+   * - a number: at most that many rows (plus one per other event), kept even when other consumers attach.
+   * - `true`: every event until someone iterates, unbounded (a whole result in memory if nobody reads it).
+   *
+   * When a bounded buffer overflows it is released, and an iterator started afterwards throws
+   * `RealtimeError('buffer_overflow')` instead of silently skipping events; callbacks, `on`, a `RowStore`,
+   * {@link QueryHandle.state} and {@link QueryHandle.done} are unaffected.
    */
-  buffer?: boolean;
+  buffer?: boolean | number;
 }
+
+/** The default bound of a handle's event buffer: rows of `data_chunk`s, plus one per other event. */
+export const DEFAULT_BUFFER_LIMIT = 100_000;
 
 /** Options of {@link RealtimeClient.subscribe} and {@link RealtimeClient.watch}. */
 export interface SubscribeOptions extends QueryCallbacks {
   /** Replay the events after this `seq` (default 0: from the start). */
   afterSeq?: number;
-  /** See {@link ExecuteOptions.buffer}. */
-  buffer?: boolean;
+  /** See {@link ExecuteOptions.buffer} (same defaults). */
+  buffer?: boolean | number;
 }
 
 type HandleEvents = { [K in ExecutionEventType]: (payload: ServerPayloads[K], frame: ServerFrameOf<K>) => void } & {
@@ -145,13 +162,19 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
   private rejectAccepted!: (error: RealtimeError) => void;
   private resolveDone!: (outcome: QueryOutcome) => void;
   private buffer: ExecutionEvent[] | undefined;
+  /** The buffer's bound (rows + other events) and what it holds now. */
+  private bufferLimit = Infinity;
+  private bufferCost = 0;
+  /** The default buffer: dropped when a push consumer (`on`, `subscribe`) appears. */
+  private bufferAuto = false;
+  private bufferOverflowed = false;
   private iterators = new Set<{ queue: ExecutionEvent[]; wake?: () => void }>();
   private cancelRequested = false;
 
   private constructor(
     private readonly client: RealtimeClient,
     private readonly callbacks: QueryCallbacks,
-    buffer: boolean,
+    buffer: BufferMode,
     clientId: string | undefined,
   ) {
     this.current = { ...INITIAL, clientId };
@@ -161,7 +184,11 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
     });
     this.accepted.catch(() => {}); // observed through `done` as well: never an unhandled rejection
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
-    if (buffer) this.buffer = [];
+    if (buffer) {
+      this.buffer = [];
+      this.bufferLimit = buffer.limit;
+      this.bufferAuto = buffer.auto;
+    }
     this.cleanups.push(
       client.on('stream_lost', ({ executionId, error }) => {
         if (executionId === this.current.executionId) this.finish({ status: 'lost', executionId, error });
@@ -181,8 +208,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
     const { id, traceparent, buffer, onEvent, onStarted, onProgress, onStreamStart, onChunk, onStreamComplete, onDone, ...queryOptions } =
       options;
     const callbacks = { onEvent, onStarted, onProgress, onStreamStart, onChunk, onStreamComplete, onDone };
-    const hasCallbacks = Object.values(callbacks).some((c) => c !== undefined);
-    const handle = new QueryHandle(client, callbacks, buffer ?? !hasCallbacks, undefined);
+    const handle = new QueryHandle(client, callbacks, bufferMode(buffer, callbacks), undefined);
     const hasOptions = Object.values(queryOptions).some((v) => v !== undefined);
     const clientId = client.sendWithWaiter(
       'execute_query',
@@ -235,8 +261,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
 
   private static follow(client: RealtimeClient, executionId: string, options: SubscribeOptions): QueryHandle {
     const { afterSeq, buffer, ...callbacks } = options;
-    const hasCallbacks = Object.values(callbacks).some((c) => c !== undefined);
-    const handle = new QueryHandle(client, callbacks, buffer ?? !hasCallbacks, undefined);
+    const handle = new QueryHandle(client, callbacks, bufferMode(buffer, callbacks), undefined);
     client.track(executionId, afterSeq ?? 0);
     handle.attach(executionId);
     return handle;
@@ -256,26 +281,44 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
 
   /** Calls `listener` after every state change; returns the unsubscribe function (`useSyncExternalStore` shape). */
   subscribe(listener: () => void): () => void {
+    this.dropAutoBuffer();
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }
 
-  /** Listens to one event type of this execution (or `state`); returns the unsubscribe function. */
+  /**
+   * Listens to one event type of this execution (or `state`); returns the unsubscribe function. Like
+   * {@link subscribe}, it releases the default event buffer (see {@link ExecuteOptions.buffer}).
+   */
   on<E extends keyof HandleEvents>(event: E, handler: HandleEvents[E]): () => void {
+    this.dropAutoBuffer();
     return this.emitter.on(event, handler);
   }
 
   /**
    * The execution's events as an async iterator, ending after the terminal event (or when the stream is lost).
-   * With buffering (the default without callbacks) it starts from the first event; otherwise from now.
+   * The first iterator starts from the first event while the buffer holds them (see {@link ExecuteOptions.buffer});
+   * otherwise from now. Throws `RealtimeError('buffer_overflow')` if the bounded buffer overflowed before.
    */
   events(): AsyncIterableIterator<ExecutionEvent> {
+    const overflowed = this.bufferOverflowed && this.buffer === undefined;
     const reader: { queue: ExecutionEvent[]; wake?: () => void } = { queue: this.buffer ?? [] };
     this.buffer = undefined;
-    this.iterators.add(reader);
+    this.bufferOverflowed = false;
+    if (!overflowed) this.iterators.add(reader);
     let head = 0;
+    let failed = false;
     const iterator: AsyncIterableIterator<ExecutionEvent> = {
       next: async () => {
+        if (overflowed) {
+          if (failed) return { value: undefined, done: true };
+          failed = true;
+          throw new RealtimeError(
+            'buffer_overflow',
+            `more than ${this.bufferLimit} rows/events arrived before anyone iterated: iterate at once, use callbacks, ` +
+              'on() or a RowStore, or pass a larger `buffer` limit (or `buffer: true`)',
+          );
+        }
         for (;;) {
           if (head < reader.queue.length) {
             const value = reader.queue[head]!;
@@ -427,8 +470,25 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
     }
   }
 
+  private dropAutoBuffer(): void {
+    if (!this.bufferAuto) return;
+    this.bufferAuto = false;
+    this.buffer = undefined;
+    this.bufferCost = 0;
+  }
+
   private push(frame: ExecutionEvent): void {
-    if (this.buffer) this.buffer.push(frame);
+    if (this.buffer) {
+      this.bufferCost += frame.type === 'data_chunk' ? Math.max(1, frame.payload.data.length) : 1;
+      if (this.bufferCost > this.bufferLimit) {
+        // Release it rather than hold an unbounded result, and say so to whoever iterates later.
+        this.buffer = undefined;
+        this.bufferCost = 0;
+        this.bufferOverflowed = true;
+      } else {
+        this.buffer.push(frame);
+      }
+    }
     for (const reader of this.iterators) {
       reader.queue.push(frame);
       reader.wake?.();
@@ -447,4 +507,17 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
     this.resolveDone(outcome);
     this.callbacks.onDone?.(outcome);
   }
+}
+
+/** How a handle buffers events for a later iterator (`undefined`: not at all). */
+type BufferMode = { readonly limit: number; readonly auto: boolean } | undefined;
+
+function bufferMode(buffer: boolean | number | undefined, callbacks: QueryCallbacks): BufferMode {
+  if (buffer === undefined) {
+    const hasCallbacks = Object.values(callbacks).some((c) => c !== undefined);
+    return hasCallbacks ? undefined : { limit: DEFAULT_BUFFER_LIMIT, auto: true };
+  }
+  if (buffer === true) return { limit: Infinity, auto: false };
+  if (buffer === false) return undefined;
+  return { limit: Math.max(0, buffer), auto: false };
 }

@@ -1,7 +1,7 @@
 // Queries against a real embedded gateway: streaming, seq, iterator, cancel, idempotent ids, errors.
 import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RealtimeClient, RowStore, type ExecutionEvent, type ServerFrame } from '../src/index.js';
+import { DEFAULT_BUFFER_LIMIT, RealtimeClient, RowStore, type ExecutionEvent, type ServerFrame } from '../src/index.js';
 import { startEmbedded, type Gateway } from './helpers/processes.js';
 import { nextStatus, rowsQuery } from './helpers/wait.js';
 
@@ -145,6 +145,58 @@ describe('queries', () => {
     expect(b).toBe(1);
     expect(c.latency.received).toBeGreaterThanOrEqual(3);
     expect(c.latency.avgRttMs).toBeGreaterThanOrEqual(0);
+    await c.close();
+  });
+
+  it('the default event buffer is bounded and released when a RowStore or on() consumes the events', async () => {
+    const c = client();
+    const drain = async (h: ReturnType<RealtimeClient['executeQuery']>) => {
+      const seen: ExecutionEvent[] = [];
+      for await (const e of h) seen.push(e);
+      return seen;
+    };
+    // A RowStore attached (it listens with on()): the handle keeps no copy of the events for an iterator.
+    const stored = c.executeQuery(rowsQuery(5000), { chunkSize: 100 });
+    const store = new RowStore();
+    store.attach(stored);
+    expect((await stored.done).status).toBe('completed');
+    expect(store.rows).toHaveLength(5000);
+    expect(await drain(stored)).toEqual([]); // nothing was buffered: an iterator starts from now (the end)
+    // The same with on().
+    const listened = c.executeQuery(rowsQuery(500), { chunkSize: 100 });
+    let chunks = 0;
+    listened.on('data_chunk', () => chunks++);
+    await listened.done;
+    expect(chunks).toBe(5);
+    expect(await drain(listened)).toEqual([]);
+
+    // Nobody consumes: up to DEFAULT_BUFFER_LIMIT rows are kept for a late iterator…
+    expect(DEFAULT_BUFFER_LIMIT).toBe(100_000);
+    const small = c.executeQuery(rowsQuery(3000), { chunkSize: 100 });
+    await small.done;
+    const replayed = await drain(small);
+    expect(replayed[0]!.type).toBe('query_started');
+    expect(replayed.at(-1)!.type).toBe('query_completed');
+    expect(replayed.reduce((n, e) => n + (e.type === 'data_chunk' ? e.payload.data.length : 0), 0)).toBe(3000);
+    // …beyond, the buffer is released and a late iterator fails loudly instead of skipping rows.
+    const big = c.executeQuery(rowsQuery(DEFAULT_BUFFER_LIMIT + 5000), { chunkSize: 1000 });
+    const outcome = await big.done;
+    expect(outcome.status).toBe('completed');
+    expect(big.state.rowsReceived).toBe(DEFAULT_BUFFER_LIMIT + 5000);
+    await expect(drain(big)).rejects.toMatchObject({ name: 'RealtimeError', code: 'buffer_overflow' });
+
+    // An explicit limit is kept even with other consumers; `true` is unbounded.
+    const limited = c.executeQuery(rowsQuery(2000), { chunkSize: 100, buffer: 500 });
+    limited.on('data_chunk', () => {});
+    await limited.done;
+    await expect(drain(limited)).rejects.toMatchObject({ code: 'buffer_overflow' });
+    const kept = c.executeQuery(rowsQuery(2000), { chunkSize: 100, buffer: true });
+    new RowStore().attach(kept);
+    await kept.done;
+    expect((await drain(kept)).filter((e) => e.type === 'data_chunk')).toHaveLength(20);
+    // An iterator started at once gets everything, whatever the buffer.
+    const live = c.executeQuery(rowsQuery(2000), { chunkSize: 100, buffer: false });
+    expect((await drain(live)).filter((e) => e.type === 'data_chunk')).toHaveLength(20);
     await c.close();
   });
 });

@@ -9,9 +9,12 @@ import {
   useCollaborativeSession,
   useConnectionQuality,
   useQueryExecution,
+  useQueryState,
+  useSharedExecutions,
   useStreamingData,
   useWebSocket,
 } from '../src/react/index.js';
+import { FrameGate } from './helpers/gate.js';
 import { startEmbedded, type Gateway } from './helpers/processes.js';
 import { rowsQuery } from './helpers/wait.js';
 
@@ -145,6 +148,50 @@ describe('useCollaborativeSession', () => {
     bob.unmount();
     await waitFor(() => expect(ann.result.current.sessionState.participants).toHaveLength(1));
     ann.unmount();
+  });
+});
+
+describe('useSharedExecutions', () => {
+  it("every participant's table gets every row of a shared run, even when its events arrive in the announcement's tick", async () => {
+    const sid = `react-shared-${Date.now()}`;
+    const gate = new FrameGate();
+    let renders = 0;
+    const view = (u: string, ws: typeof WebSocket | FrameGate['WebSocket']) => () => {
+      renders++;
+      const collab = useCollaborativeSession(sid, { url: gw.url, user: u, name: u, WebSocket: ws });
+      const { latest, executions } = useSharedExecutions<{ i: number }>(collab.session);
+      const data = useStreamingData(latest?.rows);
+      const state = useQueryState(latest?.handle);
+      return { collab, latest, executions, data, state };
+    };
+    const ann = renderHook(view('ann', WebSocket));
+    await waitFor(() => expect(ann.result.current.collab.sessionState.joined).toBe(true));
+    const bob = renderHook(view('bob', gate.WebSocket));
+    await waitFor(() => expect(ann.result.current.collab.sessionState.participants).toHaveLength(2));
+    await waitFor(() => expect(bob.result.current.collab.sessionState.joined).toBe(true));
+    // Bob's socket hands shared_execution and all of the execution's events over in one synchronous burst:
+    // no render can happen in between.
+    gate.burst(
+      (f) => f.type === 'shared_execution',
+      (f) => f.type === 'query_completed',
+    );
+    renders = 0;
+    const run = ann.result.current.collab.executeQuery(rowsQuery(5000), { chunkSize: 50 });
+    for (const view of [ann, bob]) {
+      await waitFor(() => expect(view.result.current.data.streamingData.completed).toBe(true), { timeout: 10_000 });
+      const { latest, data, state, executions } = view.result.current;
+      expect(latest?.executionId).toBe(run.executionId);
+      expect(executions).toHaveLength(1);
+      expect(data.rows).toHaveLength(5000);
+      expect(data.rows[4999]).toEqual({ i: 5000 });
+      expect(data.streamingData.chunkCount).toBe(100);
+      expect(state?.status).toBe('completed');
+      expect(state?.rowsReceived).toBe(5000);
+    }
+    expect(gate.lastBurst).toBeGreaterThan(100);
+    expect(renders).toBeLessThan(100); // throttled: not one render per chunk
+    ann.unmount();
+    bob.unmount();
   });
 });
 

@@ -1,5 +1,11 @@
 import { useCallback, useEffect, useMemo, useRef, useSyncExternalStore } from 'react';
-import { CollaborationSession, type CollaborationOptions, type CollaborationState, type UpdateQueryResult } from '../collaboration.js';
+import {
+  CollaborationSession,
+  type CollaborationOptions,
+  type CollaborationState,
+  type UpdateQueryOptions,
+  type UpdateQueryResult,
+} from '../collaboration.js';
 import type { ExecuteOptions, QueryHandle } from '../query.js';
 import { toConnectionState, useConnectionStatus, type ConnectionState } from './useRealtimeClient.js';
 
@@ -7,8 +13,12 @@ import { toConnectionState, useConnectionStatus, type ConnectionState } from './
 export interface UseCollaborativeSessionResult {
   readonly sessionState: CollaborationState;
   readonly connectionState: ConnectionState;
-  /** Replaces the shared text (with `baseVersion`; resolves `conflict` when someone else was first). */
-  readonly updateQuery: (query: string, options?: { force?: boolean }) => Promise<UpdateQueryResult>;
+  /**
+   * Replaces the shared text (with `baseVersion`; resolves `conflict` when someone else's update replaced the
+   * version the edit was made on). Pass `{ baseVersion }` — the `sessionState.queryVersion` the edit was made
+   * on — when the call comes later than the edit (debounce).
+   */
+  readonly updateQuery: (query: string, options?: UpdateQueryOptions) => Promise<UpdateQueryResult>;
   /** Moves this participant's cursor. */
   readonly updateCursor: (cursor: unknown) => void;
   /** Sends a chat message (author and time are stamped by the server). */
@@ -50,7 +60,7 @@ export function useCollaborativeSession(
   }, [session]);
   const sessionState = useSyncExternalStore(session.subscribe, session.getSnapshot, session.getSnapshot);
   const status = useConnectionStatus(session.client);
-  const updateQuery = useCallback((q: string, o?: { force?: boolean }) => session.updateQuery(q, o), [session]);
+  const updateQuery = useCallback((q: string, o?: UpdateQueryOptions) => session.updateQuery(q, o), [session]);
   const updateCursor = useCallback((cursor: unknown) => session.moveCursor(cursor), [session]);
   const sendChatMessage = useCallback((content: string) => session.sendChat(content), [session]);
   const executeQuery = useCallback((q: string, o?: ExecuteOptions) => session.executeQuery(q, o), [session]);

@@ -1,6 +1,7 @@
-import { useCallback, useMemo, useState, useSyncExternalStore } from 'react';
+import { useCallback, useState } from 'react';
 import type { RealtimeClient, RealtimeClientOptions } from '../client.js';
 import type { ExecuteOptions, QueryHandle, QueryState } from '../query.js';
+import { useQueryState, type UseQueryStateOptions } from './useQueryState.js';
 import { toConnectionState, useClientFrom, useConnectionStatus, type ConnectionState } from './useRealtimeClient.js';
 
 /** What {@link useQueryExecution} returns. */
@@ -19,19 +20,19 @@ export interface UseQueryExecutionResult {
   readonly client: RealtimeClient;
 }
 
-const noSubscribe = () => () => {};
-
 /**
  * The guide's `useQueryExecution`: runs queries on `/ws/query` and tracks the latest one's state (every event
- * counted, none lost between renders). Pass a shared client, or options to own one.
+ * counted, none lost between renders; re-renders for progress and counters throttled to `notifyIntervalMs`,
+ * default 50, status changes at once — see {@link useQueryState}). Pass a shared client, or options to own one.
  */
-export function useQueryExecution(source: RealtimeClient | RealtimeClientOptions): UseQueryExecutionResult {
+export function useQueryExecution(
+  source: RealtimeClient | RealtimeClientOptions,
+  options: UseQueryStateOptions = {},
+): UseQueryExecutionResult {
   const client = useClientFrom(source, { path: '/ws/query' });
   const status = useConnectionStatus(client);
   const [handle, setHandle] = useState<QueryHandle | null>(null);
-  const subscribe = useMemo(() => (handle ? handle.subscribe.bind(handle) : noSubscribe), [handle]);
-  const get = () => handle?.state ?? null;
-  const queryState = useSyncExternalStore(subscribe, get, get);
+  const queryState = useQueryState(handle, options);
   const executeQuery = useCallback(
     (query: string, options: ExecuteOptions = {}) => {
       // No event buffering unless asked: the state comes from the handle, rows from useStreamingData.
