@@ -317,6 +317,17 @@ pub struct ErrorBody {
     /// `conflict` on `update_query`: the shared query text now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_query: Option<String>,
+    /// Set on the errors that end a followed execution's stream on this socket: `not_found` (it no longer
+    /// exists) or `unavailable` (the stream was cut: resume with `afterSeq`). Names the execution, so
+    /// clients need not parse `message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_id: Option<String>,
+    /// An error about a collaboration session's stream: which one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// A cut stream: the `afterSeq` to resume from (the last `seq` this socket was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -622,6 +633,9 @@ impl ServerMessage {
             reference,
             current_version: None,
             current_query: None,
+            execution_id: None,
+            session_id: None,
+            after_seq: None,
         })
     }
 }

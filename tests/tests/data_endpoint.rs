@@ -150,3 +150,30 @@ async fn http_endpoints_and_schema_document() {
     let mut d = cluster.client(0, "/ws/data").await;
     d.ping(7).await;
 }
+
+/// A followed execution whose state disappears from Redis (expired, or a Redis that came back empty):
+/// the follower gets `error not_found` naming the execution in `executionId`, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_execution_that_vanishes_ends_with_not_found_naming_it() {
+    // No worker: the job stays queued and its stream quiet, so the follower re-checks it.
+    let cluster = Cluster::builder("data_vanished")
+        .gateways(1)
+        .workers(0)
+        .gateway_args(["--resync-interval-ms", "200"])
+        .start()
+        .await;
+    let mut c = cluster.query_client(0).await;
+    let exec = c.execute("SELECT 1 AS one", None, Some("vanish")).await;
+    let mut redis = cluster.redis().await;
+    let removed: u64 = redis::cmd("DEL")
+        .arg(format!("{}:exec:{exec}", cluster.prefix))
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    assert_eq!(removed, 1, "the execution's state key");
+    let f = c.recv_json().await;
+    assert_eq!(ty(&f), "error", "{}", short(&f));
+    assert_eq!(f["payload"]["code"], "not_found", "{}", short(&f));
+    assert_eq!(f["payload"]["executionId"], json!(exec), "{}", short(&f));
+    c.ping(1).await;
+}

@@ -915,15 +915,12 @@ export class RealtimeClient {
       } else {
         this.streamLost(executionId, error);
       }
-    } else if (!body.ref) {
-      // Errors of a stream the server follows for us name the execution in their message.
-      for (const [executionId, s] of this.streams) {
-        if (s.done || !body.message.includes(executionId)) continue;
-        if (body.code === 'not_found' && body.message.includes('no longer exists')) {
-          this.streamLost(executionId, error);
-        } else if (body.code === 'unavailable') {
-          this.retryResume(executionId);
-        }
+    } else if (!body.ref && body.executionId) {
+      // A stream the server follows for us ended (`not_found`) or was cut (`unavailable`: resume).
+      const s = this.streams.get(body.executionId);
+      if (s && !s.done) {
+        if (body.code === 'not_found') this.streamLost(body.executionId, error);
+        else if (body.code === 'unavailable') this.retryResume(body.executionId);
       }
     }
     if (out) for (const w of out.waiters) w.fail(error);

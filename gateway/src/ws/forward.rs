@@ -48,19 +48,34 @@ impl Forward {
     pub async fn run(mut self) {
         if let Err(e) = self.relay().await {
             tracing::warn!(topic = %self.topic, error = %e, "event stream interrupted");
-            let frame = ServerFrame::new(ServerMessage::error(
+            let mut message = self.stream_error(
                 ErrorCode::Unavailable,
                 format!(
                     "the event stream of {} was interrupted ({e}); resume with afterSeq {}",
                     self.topic, self.after_seq
                 ),
-                None,
-            ));
+            );
+            if let ServerMessage::Error(body) = &mut message {
+                body.after_seq = Some(self.after_seq);
+            }
+            let frame = ServerFrame::new(message);
             let _ = self
                 .out
                 .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
                 .await;
         }
+    }
+
+    /// An `error` about this stream, naming it (`executionId` / `sessionId`).
+    fn stream_error(&self, code: ErrorCode, message: String) -> ServerMessage {
+        let mut error = ServerMessage::error(code, message, None);
+        if let ServerMessage::Error(body) = &mut error {
+            match &self.topic {
+                Topic::Execution(id) => body.execution_id = Some(id.clone()),
+                Topic::Session(id) => body.session_id = Some(id.clone()),
+            }
+        }
+        error
     }
 
     async fn relay(&mut self) -> Result<(), BusError> {
@@ -130,12 +145,11 @@ impl Forward {
         if self.bus.execution_info(id).await?.is_some() {
             return Ok(Flow::Continue);
         }
-        let frame = ServerFrame::new(ServerMessage::error(
+        let frame = ServerFrame::new(self.stream_error(
             ErrorCode::NotFound,
             format!(
                 "execution {id} no longer exists (expired, or its state was lost); run it again"
             ),
-            None,
         ));
         let _ = self
             .out
@@ -198,6 +212,8 @@ impl Forward {
     }
 
     async fn notify_gap(&mut self, next: u64) {
+        // Informational (the stream goes on), so it does not carry `executionId`: an error that does
+        // means the stream ended (`not_found`) or was cut (`unavailable`, with `afterSeq`).
         let frame = ServerFrame::new(ServerMessage::error(
             ErrorCode::NotFound,
             format!(

@@ -469,6 +469,20 @@ export interface ErrorBody {
    * `conflict` on `update_query`: the shared query text now.
    */
   currentQuery?: string | null;
+  /**
+   * Set on the errors that end a followed execution's stream on this socket: `not_found` (it no longer
+   * exists) or `unavailable` (the stream was cut: resume with `afterSeq`). Names the execution, so
+   * clients need not parse `message`.
+   */
+  executionId?: string | null;
+  /**
+   * An error about a collaboration session's stream: which one.
+   */
+  sessionId?: string | null;
+  /**
+   * A cut stream: the `afterSeq` to resume from (the last `seq` this socket was sent).
+   */
+  afterSeq?: number | null;
 }
 export interface Pong {
   /**
