@@ -117,3 +117,17 @@ export function dropPrefix(prefix: string): void {
   const keys = scan.stdout.split('\n').filter(Boolean);
   for (let i = 0; i < keys.length; i += 500) spawnSync('redis-cli', [...cli, 'DEL', ...keys.slice(i, i + 500)]);
 }
+
+/** Kills (SIGKILL) every process these helpers started that is still running, and waits for them. */
+export async function killAll(): Promise<void> {
+  await Promise.all(
+    [...running].map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null) return resolve();
+          c.once('exit', () => resolve());
+          c.kill('SIGKILL');
+        }),
+    ),
+  );
+}
