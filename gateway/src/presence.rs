@@ -27,16 +27,7 @@ pub fn spawn(bus: Arc<dyn Bus>, node_id: String, heartbeat: Duration, ttl: Durat
 /// announces them as left (`node_lost`) before accepting sockets. Node ids must be unique per live
 /// process (the default is random). Failure is logged, not fatal: the node still serves.
 pub async fn reap_previous_incarnation(bus: &dyn Bus, node_id: &str) {
-    let reaped = async {
-        let participants = bus.node_participants(node_id).await?;
-        for (session_id, participant_id) in &participants {
-            let left = participant_left_frame(session_id, participant_id, "node_lost");
-            bus.session_leave(session_id, participant_id, node_id, &left)
-                .await?;
-        }
-        Ok::<usize, BusError>(participants.len())
-    };
-    match reaped.await {
+    match reap_participants(bus, node_id).await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
             node = %node_id,
@@ -45,6 +36,17 @@ pub async fn reap_previous_incarnation(bus: &dyn Bus, node_id: &str) {
         ),
         Err(e) => tracing::warn!(error = %e, "could not reap a previous process's participants"),
     }
+}
+
+/// Announces every participant registered under `node_id` as left (`node_lost`); returns how many.
+async fn reap_participants(bus: &dyn Bus, node_id: &str) -> Result<usize, BusError> {
+    let participants = bus.node_participants(node_id).await?;
+    for (session_id, participant_id) in &participants {
+        let left = participant_left_frame(session_id, participant_id, "node_lost");
+        bus.session_leave(session_id, participant_id, node_id, &left)
+            .await?;
+    }
+    Ok(participants.len())
 }
 
 async fn beat_and_reap(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<(), BusError> {
@@ -56,13 +58,8 @@ async fn beat_and_reap(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<()
         if dead == node_id {
             continue;
         }
-        let participants = bus.node_participants(&dead).await?;
-        tracing::warn!(node = %dead, participants = participants.len(), "gateway node lost; reaping its participants");
-        for (session_id, participant_id) in participants {
-            let left = participant_left_frame(&session_id, &participant_id, "node_lost");
-            bus.session_leave(&session_id, &participant_id, &dead, &left)
-                .await?;
-        }
+        let reaped = reap_participants(bus, &dead).await?;
+        tracing::warn!(node = %dead, participants = reaped, "gateway node lost; reaped its participants");
         bus.forget_node(&dead).await?;
     }
     Ok(())
