@@ -1,12 +1,11 @@
 //! The `connections` scenario: many idle WebSocket connections on one gateway, and what they cost it.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+
+use crate::net::{connect_from, socket_addr, source_address};
 
 /// Resident memory of a process in KiB, from /proc (Linux).
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -29,13 +28,7 @@ pub async fn run(
     // Each socket needs a descriptor here too.
     let limit = rlimit::increase_nofile_limit(count as u64 + 1024).unwrap_or(0);
     let url = format!("{}/ws/monitoring", base.trim_end_matches('/'));
-    let target: SocketAddr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .context("--url must be ws://<ip>:<port>")?;
+    let target = socket_addr(&url)?;
     println!("scenario connections: {count} idle sockets to {url} ({parallel} at a time, fd limit {limit})");
     let before = gateway_pid.and_then(rss_kib);
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
@@ -44,12 +37,9 @@ pub async fn run(
     for i in 0..count {
         let permit = gate.clone().acquire_owned().await?;
         let url = url.clone();
-        let source = Ipv4Addr::new(127, 0, 0, 1 + (i % source_addresses.max(1) as usize) as u8);
+        let source = source_address(i, source_addresses);
         tasks.push(tokio::spawn(async move {
-            let socket = TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(source.into(), 0))?;
-            let stream = socket.connect(target).await?;
-            let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+            let ws = connect_from(&url, target, source).await?;
             drop(permit);
             anyhow::Ok(ws)
         }));

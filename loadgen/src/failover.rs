@@ -6,7 +6,7 @@
 //! in its session.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,10 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+use crate::net::{connect_from, socket_addr, source_address, Ws};
 
 pub struct Options {
     pub from: String,
@@ -42,22 +41,6 @@ struct Outcome {
     gaps: u64,
     duplicates: u64,
     error: Option<String>,
-}
-
-/// `ws://ip:port` -> the socket address.
-fn addr_of(base: &str) -> anyhow::Result<SocketAddr> {
-    base.trim_start_matches("ws://")
-        .trim_end_matches('/')
-        .parse()
-        .with_context(|| format!("{base}: expected ws://<ip>:<port>"))
-}
-
-async fn connect(url: &str, target: SocketAddr, source: Ipv4Addr) -> anyhow::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(source.into(), 0))?;
-    let stream = socket.connect(target).await?;
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    Ok(ws)
 }
 
 /// Reads until `session_state`; returns its snapshot seq. Events before it are not expected.
@@ -94,7 +77,7 @@ fn session_url(base: &str, session: &str, user: &str, after_seq: Option<u64>) ->
 
 pub async fn run(o: Options) -> anyhow::Result<Value> {
     let limit = rlimit::increase_nofile_limit(2 * o.clients as u64 + 4096).unwrap_or(0);
-    let (a, b) = (addr_of(&o.from)?, addr_of(&o.to)?);
+    let (a, b) = (socket_addr(&o.from)?, socket_addr(&o.to)?);
     let run_id = std::process::id();
     let sessions = o.sessions.max(1);
     println!(
@@ -115,14 +98,9 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         let session = format!("fo-{run_id}-{}", i % sessions);
         let user = format!("fo{i}");
         let url = session_url(&o.from, &session, &user, None);
-        let source = Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % o.source_addresses.max(1) as usize) as u8,
-        );
+        let source = source_address(i, o.source_addresses);
         joins.push(tokio::spawn(async move {
-            let mut ws = connect(&url, a, source).await?;
+            let mut ws = connect_from(&url, a, source).await?;
             let seq = await_session_state(&mut ws).await?;
             drop(permit);
             anyhow::Ok((session, user, ws, seq))
@@ -143,12 +121,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
     for (i, (session, user, ws, seq)) in participants.into_iter().enumerate() {
         let (to, mut killed, mut stop) =
             (o.to.clone(), killed_rx.clone(), followers_stopped.clone());
-        let source = Ipv4Addr::new(
-            127,
-            0,
-            0,
-            1 + (i % o.source_addresses.max(1) as usize) as u8,
-        );
+        let source = source_address(i, o.source_addresses);
         followers.push(tokio::spawn(async move {
             let mut out = Outcome::default();
             let (mut ws, mut last, mut on_b) = (ws, seq, false);
@@ -167,7 +140,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                         // Cut by the kill: rejoin on B after the last event seen.
                         let url = session_url(&to, &session, &user, Some(last));
                         let rejoined = async {
-                            let mut ws = connect(&url, b, source).await?;
+                            let mut ws = connect_from(&url, b, source).await?;
                             await_session_state(&mut ws).await?;
                             anyhow::Ok(ws)
                         };
@@ -215,7 +188,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
     for s in 0..sessions {
         let session = format!("fo-{run_id}-{s}");
         let url = session_url(&o.to, &session, &format!("sender{s}"), None);
-        let mut ws = connect(&url, b, Ipv4Addr::LOCALHOST).await?;
+        let mut ws = connect_from(&url, b, Ipv4Addr::LOCALHOST).await?;
         await_session_state(&mut ws).await?;
         let mut stop = senders_stopped.clone();
         senders.push(tokio::spawn(async move {

@@ -330,6 +330,7 @@ mod baseline;
 mod connections;
 mod failover;
 mod fanout;
+mod net;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
