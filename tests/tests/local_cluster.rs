@@ -22,25 +22,27 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// One cluster of the script, in its own state directory, ports, Redis prefix and database; `down` (and
-/// the clean-up of its database and keys) runs on drop, so a failing test leaves nothing running.
+/// One cluster of the script, in its own state directory, ports, Redis prefix and database; `down` runs
+/// on drop, then the harness's guards remove its keys and database, so a failing test leaves nothing.
 struct LocalCluster {
     dir: PathBuf,
     env: Vec<(String, String)>,
     lb_port: u16,
     gateway_ports: [u16; 2],
-    prefix: String,
-    db: String,
+    // Dropped after `down` (fields drop after `Drop::drop`).
+    _keys: RedisPrefixGuard,
+    /// Created empty here; the script loads the demo data into it.
+    _db: TestDb,
 }
 
 impl LocalCluster {
-    fn new() -> LocalCluster {
+    async fn new() -> LocalCluster {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("c2s-local-cluster-{id}"));
         let (lb_port, gateway_ports) = (free_port(), [free_port(), free_port()]);
         let metrics = [free_port(), free_port()];
         let prefix = format!("t-lc-{id}");
-        let db = format!("t_lc_{id}");
+        let db = TestDb::create().await;
         let bin_dir = binaries()
             .gateway
             .parent()
@@ -57,7 +59,7 @@ impl LocalCluster {
             ("LC_REDIS_URL", redis_url()),
             ("LC_KEY_PREFIX", prefix.clone()),
             ("LC_PG_URL", pg_server_url()),
-            ("LC_DB", db.clone()),
+            ("LC_DB", db.name.clone()),
             ("LC_BIN_DIR", bin_dir.display().to_string()),
             // scripts/test.sh has started the services and installed nginx already.
             ("LC_SKIP_SERVICES", "1".to_owned()),
@@ -70,8 +72,8 @@ impl LocalCluster {
             env,
             lb_port,
             gateway_ports,
-            prefix,
-            db,
+            _keys: RedisPrefixGuard::new(&prefix),
+            _db: db,
         }
     }
 
@@ -119,44 +121,15 @@ fn alive(pid: u32) -> bool {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         let _ = self.script(&["down"]);
-        if std::env::var_os("C2S_TEST_KEEP").is_some() {
-            return;
+        if !keep_artifacts() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
-        let _ = Command::new("psql")
-            .arg(format!("{}/postgres", pg_server_url()))
-            .args([
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db),
-            ])
-            .output();
-        let _ = Command::new("redis-cli")
-            .args([
-                "-u",
-                &redis_url(),
-                "--scan",
-                "--pattern",
-                &format!("{}*", self.prefix),
-            ])
-            .output()
-            .map(|out| {
-                let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect();
-                for batch in keys.chunks(500) {
-                    let _ = Command::new("redis-cli")
-                        .args(["-u", &redis_url(), "DEL"])
-                        .args(batch)
-                        .output();
-                }
-            });
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_cluster_survives_a_gateway_kill_behind_the_load_balancer() {
-    let cluster = LocalCluster::new();
+    let cluster = LocalCluster::new().await;
     let (ok, out) = cluster.script(&["up"]);
     assert!(ok, "local-cluster.sh up failed:\n{out}");
     for name in PROCESSES {

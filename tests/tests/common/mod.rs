@@ -89,7 +89,7 @@ pub fn pg_server_url() -> String {
         .to_owned()
 }
 
-fn keep_artifacts() -> bool {
+pub fn keep_artifacts() -> bool {
     std::env::var("C2S_TEST_KEEP").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
@@ -721,9 +721,19 @@ pub async fn pg_connect(url: &str) -> PgConnection {
 }
 
 /// Deletes every Redis key under the test's prefix when dropped (best effort).
-struct RedisPrefixGuard {
+/// Deletes every Redis key of a test's prefix when dropped (unless `C2S_TEST_KEEP`).
+pub struct RedisPrefixGuard {
     url: String,
     prefix: String,
+}
+
+impl RedisPrefixGuard {
+    pub fn new(prefix: &str) -> RedisPrefixGuard {
+        RedisPrefixGuard {
+            url: redis_url(),
+            prefix: prefix.to_owned(),
+        }
+    }
 }
 
 impl Drop for RedisPrefixGuard {
