@@ -7,17 +7,8 @@ REDIS_PORT="${C2S_TEST_REDIS_PORT:-6379}"
 PG_PORT="${C2S_TEST_PG_PORT:-5432}"
 
 log() { echo "services: $*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    log "need root (or sudo) to run: $*"; exit 1; fi
-}
-
-apt_updated=0
-apt_install() {
-  if [ "$apt_updated" = 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 wait_for() { # wait_for <what> <command…>
   local what=$1; shift

@@ -14,29 +14,23 @@ VENV="${C2S_TOOLS_VENV:-$HOME/.cache/chat2sql-realtime/venv}"
 PY_TOOLS=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.3)
 
 log() { echo "tools: $*" >&2; }
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-    log "need root (or sudo) to run: $*"; exit 1; fi
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   log "installing nginx"
-  as_root apt-get update -qq
   # The package's post-install starts a default site on :80; stop it, the cluster runs its own.
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 \
-    || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+  apt_install nginx-light 2>/dev/null || apt_install nginx
   as_root nginx -s stop >/dev/null 2>&1 || true
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   log "installing nodejs and npm"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  apt_install nodejs npm
 fi
 if [ ! -x /usr/bin/chromium ]; then
   log "installing chromium"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  apt_install chromium
 fi
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 for client in "$ROOT"/clients/*/; do
