@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic};
 use c2s_shared::codes::ErrorCode;
-use c2s_shared::protocol::{ServerFrame, ServerMessage};
+use c2s_shared::protocol::{ErrorBody, ServerFrame, ServerMessage};
 
 use super::session::Outbound;
 use c2s_shared::telemetry;
@@ -48,34 +48,42 @@ impl Forward {
     pub async fn run(mut self) {
         if let Err(e) = self.relay().await {
             tracing::warn!(topic = %self.topic, error = %e, "event stream interrupted");
-            let mut message = self.stream_error(
-                ErrorCode::Unavailable,
-                format!(
-                    "the event stream of {} was interrupted ({e}); resume with afterSeq {}",
-                    self.topic, self.after_seq
-                ),
+            let message = format!(
+                "the event stream of {} was interrupted ({e}); resume with afterSeq {}",
+                self.topic, self.after_seq
             );
-            if let ServerMessage::Error(body) = &mut message {
-                body.after_seq = Some(self.after_seq);
-            }
-            let frame = ServerFrame::new(message);
-            let _ = self
-                .out
-                .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
+            self.send_stream_end(ErrorCode::Unavailable, message, Some(self.after_seq))
                 .await;
         }
     }
 
-    /// An `error` about this stream, naming it (`executionId` / `sessionId`).
-    fn stream_error(&self, code: ErrorCode, message: String) -> ServerMessage {
-        let mut error = ServerMessage::error(code, message, None);
-        if let ServerMessage::Error(body) = &mut error {
-            match &self.topic {
-                Topic::Execution(id) => body.execution_id = Some(id.clone()),
-                Topic::Session(id) => body.session_id = Some(id.clone()),
-            }
-        }
-        error
+    /// Sends the `error` that ends this socket's following of the stream, naming the stream
+    /// (`executionId` / `sessionId`), with the `afterSeq` to resume from when it was cut.
+    async fn send_stream_end(&self, code: ErrorCode, message: String, after_seq: Option<u64>) {
+        let (execution_id, session_id) = match &self.topic {
+            Topic::Execution(id) => (Some(id.clone()), None),
+            Topic::Session(id) => (None, Some(id.clone())),
+        };
+        self.send_message(ServerMessage::Error(ErrorBody {
+            code,
+            message,
+            reference: None,
+            current_version: None,
+            current_query: None,
+            execution_id,
+            session_id,
+            after_seq,
+        }))
+        .await;
+    }
+
+    /// Sends a message of the gateway's own (not an event of the stream) to the client.
+    async fn send_message(&self, message: ServerMessage) {
+        let frame = ServerFrame::new(message);
+        let _ = self
+            .out
+            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
+            .await;
     }
 
     async fn relay(&mut self) -> Result<(), BusError> {
@@ -145,15 +153,10 @@ impl Forward {
         if self.bus.execution_info(id).await?.is_some() {
             return Ok(Flow::Continue);
         }
-        let frame = ServerFrame::new(self.stream_error(
-            ErrorCode::NotFound,
-            format!(
-                "execution {id} no longer exists (expired, or its state was lost); run it again"
-            ),
-        ));
-        let _ = self
-            .out
-            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
+        let message = format!(
+            "execution {id} no longer exists (expired, or its state was lost); run it again"
+        );
+        self.send_stream_end(ErrorCode::NotFound, message, None)
             .await;
         Ok(Flow::Done)
     }
@@ -214,7 +217,7 @@ impl Forward {
     async fn notify_gap(&mut self, next: u64) {
         // Informational (the stream goes on), so it does not carry `executionId`: an error that does
         // means the stream ended (`not_found`) or was cut (`unavailable`, with `afterSeq`).
-        let frame = ServerFrame::new(ServerMessage::error(
+        self.send_message(ServerMessage::error(
             ErrorCode::NotFound,
             format!(
                 "events {}..{} of {} are no longer retained; continuing at {next}",
@@ -223,10 +226,7 @@ impl Forward {
                 self.topic
             ),
             None,
-        ));
-        let _ = self
-            .out
-            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
-            .await;
+        ))
+        .await;
     }
 }
