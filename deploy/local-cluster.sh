@@ -153,7 +153,7 @@ up() {
   command -v curl >/dev/null || die "curl is needed"
   if [ "${LC_SKIP_SERVICES:-0}" != 1 ]; then
     bash "$ROOT/scripts/services.sh"
-    bash "$ROOT/scripts/tools.sh"
+    bash "$ROOT/scripts/tools.sh" nginx
   fi
   binaries
   load_demo_data

@@ -8,7 +8,9 @@
 # - Debian's Chromium for the browser test (playwright-core drives it; no browser download);
 # - a kustomize renderer: `kubectl kustomize` or `kustomize` must be on PATH (reported, not installed:
 #   neither is a Debian package).
+# `scripts/tools.sh nginx` installs only nginx (what deploy/local-cluster.sh needs); no argument: all.
 set -euo pipefail
+ONLY="${1:-all}"
 
 VENV="${C2S_TOOLS_VENV:-$HOME/.cache/chat2sql-realtime/venv}"
 PY_TOOLS=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 PyYAML==6.0.3)
@@ -23,6 +25,7 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   apt_install nginx-light 2>/dev/null || apt_install nginx
   as_root nginx -s stop >/dev/null 2>&1 || true
 fi
+if [ "$ONLY" = nginx ]; then log "ok"; exit 0; fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   log "installing nodejs and npm"
