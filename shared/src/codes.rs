@@ -44,8 +44,15 @@ pub enum QueryErrorCode {
     SyntaxError,
     /// The statement tried to write (SQLSTATE 25006): queries run in a read-only transaction.
     ReadOnly,
-    /// `statement_timeout` (or the request's `timeoutMs`) elapsed (SQLSTATE 57014).
+    /// The query's time (`timeoutMs`, else `C2S_STATEMENT_TIMEOUT_MS`) ran out: `statement_timeout`
+    /// on the database (SQLSTATE 57014), or the worker's own deadline, which also counts reader pauses.
     Timeout,
+    /// Something other than this system stopped the query on the database: an administrator's
+    /// `pg_cancel_backend` (SQLSTATE 57014 before the timeout) or `pg_terminate_backend` (57P01).
+    CancelledExternally,
+    /// One value (or one row) is larger than `C2S_MAX_VALUE_BYTES` / a `data_chunk` can carry
+    /// (`C2S_MAX_CHUNK_BYTES`): the message names the column and the row. Select less of it.
+    ValueTooLarge,
     /// Any other error reported by the database; see `sqlstate`.
     SqlError,
     /// The request itself is invalid (more than one statement, bad parameters, bad options).
@@ -63,7 +70,10 @@ impl QueryErrorCode {
     pub fn from_sqlstate(sqlstate: &str) -> Self {
         match sqlstate {
             "25006" => QueryErrorCode::ReadOnly,
+            // 57014 is also an outside `pg_cancel_backend`: the worker tells them apart by the time
+            // the statement ran (see the worker's error mapping).
             "57014" => QueryErrorCode::Timeout,
+            "57P01" => QueryErrorCode::CancelledExternally,
             "42601" => QueryErrorCode::SyntaxError,
             s if s.starts_with("08") => QueryErrorCode::Unavailable,
             _ => QueryErrorCode::SqlError,
@@ -148,6 +158,10 @@ mod tests {
         assert_eq!(
             QueryErrorCode::from_sqlstate("08006"),
             QueryErrorCode::Unavailable
+        );
+        assert_eq!(
+            QueryErrorCode::from_sqlstate("57P01"),
+            QueryErrorCode::CancelledExternally
         );
         assert_eq!(
             QueryErrorCode::from_sqlstate("22012"),

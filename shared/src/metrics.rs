@@ -113,7 +113,7 @@ pub fn register_worker() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         JOBS,
-        "query jobs finished, by outcome (completed, error, cancelled, worker_lost, skipped)"
+        "query jobs finished, by outcome (completed, error, cancelled, worker_lost, skipped, panicked)"
     );
     describe_histogram!(
         QUERY_QUEUE_WAIT,
@@ -141,7 +141,14 @@ pub fn register_worker() {
         "jobs in the queue not yet acknowledged (waiting or running)"
     );
     describe_gauge!(WORKER_RUNNING, "queries this worker is running");
-    for outcome in ["completed", "error", "cancelled", "worker_lost", "skipped"] {
+    for outcome in [
+        "completed",
+        "error",
+        "cancelled",
+        "worker_lost",
+        "skipped",
+        "panicked",
+    ] {
         metrics::counter!(JOBS, "outcome" => outcome).absolute(0);
     }
     metrics::counter!(ROWS_STREAMED).absolute(0);

@@ -377,9 +377,12 @@ pub struct Column {
 pub struct DataStreamStart {
     pub execution_id: String,
     pub timestamp: i64,
-    /// Exact row count when known before streaming, else null (see `estimatedRows`).
-    pub total_rows: Option<u64>,
-    /// The planner's estimate when `totalRows` is null.
+    /// Rows of the result: exact when the result ended within the worker's read-ahead (the first
+    /// chunk), else the planner's estimate, never below the rows already read. Always a number.
+    pub total_rows: u64,
+    /// Whether `totalRows` is exact (`data_stream_complete` always has the exact count).
+    pub total_rows_exact: bool,
+    /// The planner's own estimate, when it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_rows: Option<u64>,
     pub columns: Vec<Column>,
@@ -616,6 +619,32 @@ pub enum ServerMessage {
 }
 
 impl ServerMessage {
+    /// The wire name of this message (its `type`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerMessage::Ack(_) => "ack",
+            ServerMessage::Error(_) => "error",
+            ServerMessage::Pong(_) => "pong",
+            ServerMessage::QueryStarted(_) => "query_started",
+            ServerMessage::QueryProgress(_) => "query_progress",
+            ServerMessage::DataStreamStart(_) => "data_stream_start",
+            ServerMessage::DataChunk(_) => "data_chunk",
+            ServerMessage::DataStreamComplete(_) => "data_stream_complete",
+            ServerMessage::QueryCompleted(_) => "query_completed",
+            ServerMessage::QueryError(_) => "query_error",
+            ServerMessage::QueryCancelled(_) => "query_cancelled",
+            ServerMessage::SessionState(_) => "session_state",
+            ServerMessage::ParticipantJoined(_) => "participant_joined",
+            ServerMessage::ParticipantLeft(_) => "participant_left",
+            ServerMessage::QueryUpdated(_) => "query_updated",
+            ServerMessage::CursorMoved(_) => "cursor_moved",
+            ServerMessage::ChatMessage(_) => "chat_message",
+            ServerMessage::SharedExecution(_) => "shared_execution",
+            ServerMessage::NodeStatus(_) => "node_status",
+            ServerMessage::SystemNotice(_) => "system_notice",
+        }
+    }
+
     /// True for the events that end an execution's stream.
     pub fn is_terminal(&self) -> bool {
         matches!(

@@ -24,7 +24,7 @@ async fn cancel_stops_the_statement_on_the_database() {
     let acked = Instant::now();
     // Make sure the statement is really running on the database before cancelling it.
     assert!(
-        wait_active_count(&mut pg, &marker, Duration::from_secs(10), |n| n == 1).await,
+        wait_active_count(&mut pg, &exec, Duration::from_secs(10), |n| n == 1).await,
         "the query never showed up (exactly once) as active in pg_stat_activity"
     );
     tokio::time::sleep_until((acked + Duration::from_millis(200)).into()).await;
@@ -51,7 +51,7 @@ async fn cancel_stops_the_statement_on_the_database() {
 
     // The statement must be gone from the database within 2 s.
     assert!(
-        wait_active_count(&mut pg, &marker, Duration::from_secs(2), |n| n == 0).await,
+        wait_active_count(&mut pg, &exec, Duration::from_secs(2), |n| n == 0).await,
         "the cancelled statement is still active in pg_stat_activity 2 s after query_cancelled"
     );
 
@@ -101,7 +101,7 @@ async fn cancel_a_queued_job_before_it_starts() {
         .await;
     assert_eq!(ty(f1.last().unwrap()), "query_started", "{}", describe(&f1));
     assert!(
-        wait_active_count(&mut pg, &m1, Duration::from_secs(10), |n| n == 1).await,
+        wait_active_count(&mut pg, &e1, Duration::from_secs(10), |n| n == 1).await,
         "the first query is not running on the database"
     );
 
@@ -127,7 +127,7 @@ async fn cancel_a_queued_job_before_it_starts() {
         describe(&f2)
     );
     assert_eq!(
-        active_queries_with(&mut pg, &m1).await,
+        active_queries_with(&mut pg, &e1).await,
         1,
         "scenario check: the first query must still be running, so the second was still queued"
     );
@@ -146,7 +146,7 @@ async fn cancel_a_queued_job_before_it_starts() {
     // Now the worker is free: the cancelled job must not run.
     let (extra, max_active) = tokio::join!(
         c.collect_for(Duration::from_millis(1500)),
-        max_active_during(&mut pg, &m2, Duration::from_millis(1500))
+        max_active_during(&mut pg, &e2, Duration::from_millis(1500))
     );
     assert_eq!(
         max_active, 0,

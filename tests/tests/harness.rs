@@ -30,7 +30,8 @@ fn good_stream() -> Vec<Value> {
         ev(
             3,
             "data_stream_start",
-            json!({"totalRows": null, "columns": cols, "rowFormat": "objects", "chunkSize": 3}),
+            json!({"totalRows": 7, "totalRowsExact": false, "estimatedRows": 7, "columns": cols,
+                   "rowFormat": "objects", "chunkSize": 3}),
         ),
         ev(
             4,
@@ -153,7 +154,27 @@ fn the_stream_checker_rejects_defects() {
 
     let mut f = good.clone();
     f[2]["payload"]["totalRows"] = json!(100);
+    f[2]["payload"]["totalRowsExact"] = json!(true);
     rejects("a wrong exact totalRows in data_stream_start", f);
+
+    let mut f = good.clone();
+    f[2]["payload"]["totalRows"] = json!(null);
+    rejects("a null totalRows in data_stream_start", f);
+
+    let mut f = good.clone();
+    f[2]["payload"]["totalRows"] = json!(3);
+    rejects("an estimated totalRows not above the rows read ahead", f);
+
+    let mut f = good.clone();
+    f[2]["payload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("totalRowsExact");
+    rejects("no totalRowsExact", f);
+
+    let mut f = good.clone();
+    f[4]["payload"]["progress"] = json!(100);
+    rejects("progress 100 before the query completed", f);
 
     let mut f = good.clone();
     f[6]["payload"]["executionId"] = json!("other");

@@ -16,6 +16,22 @@ pub struct QueryLimits {
     #[arg(long, env = "C2S_MAX_RESULT_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_result_bytes: u64,
 
+    /// Largest `data_chunk` frame, in bytes: a chunk is cut by bytes as well as by rows. A row that
+    /// cannot fit in one chunk ends the query with `value_too_large`.
+    #[arg(long, env = "C2S_MAX_CHUNK_BYTES", default_value_t = 1024 * 1024)]
+    pub max_chunk_bytes: usize,
+
+    /// Largest single value sent, in bytes of its text; a larger one ends the query with
+    /// `value_too_large` naming the column and the row (select a part of it instead).
+    #[arg(long, env = "C2S_MAX_VALUE_BYTES", default_value_t = 512 * 1024)]
+    pub max_value_bytes: usize,
+
+    /// How often (ms) PostgreSQL checks, while a statement runs, that the worker is still connected
+    /// (`client_connection_check_interval`): the worker cancels a statement by closing its connection,
+    /// and this bounds how long the database keeps running it afterwards.
+    #[arg(long, env = "C2S_DB_CANCEL_CHECK_MS", default_value_t = 250)]
+    pub db_cancel_check_ms: u64,
+
     /// Rows per `data_chunk` when the request does not say.
     #[arg(long, env = "C2S_DEFAULT_CHUNK_SIZE", default_value_t = 500)]
     pub default_chunk_size: u32,
@@ -43,6 +59,12 @@ pub struct QueryLimits {
     /// Largest number of bind parameters (`options.params`) a query may carry.
     #[arg(long, env = "C2S_MAX_PARAMS", default_value_t = 100)]
     pub max_params: usize,
+
+    /// Fault injection for the tests of the panic safety net (debug builds only): the value encoder
+    /// panics on a value whose text is exactly this.
+    #[cfg(debug_assertions)]
+    #[arg(long, hide = true)]
+    pub debug_panic_on_value: Option<String>,
 }
 
 impl Default for QueryLimits {
@@ -50,6 +72,9 @@ impl Default for QueryLimits {
         QueryLimits {
             max_rows: 1_000_000,
             max_result_bytes: 256 * 1024 * 1024,
+            max_chunk_bytes: 1024 * 1024,
+            max_value_bytes: 512 * 1024,
+            db_cancel_check_ms: 250,
             default_chunk_size: 500,
             max_chunk_size: 10_000,
             statement_timeout_ms: 30_000,
@@ -57,9 +82,14 @@ impl Default for QueryLimits {
             lock_timeout_ms: 5_000,
             progress_interval_ms: 250,
             max_params: 100,
+            #[cfg(debug_assertions)]
+            debug_panic_on_value: None,
         }
     }
 }
+
+/// The smallest `C2S_MAX_CHUNK_BYTES` honoured: room for a frame's envelope and a few rows.
+pub const MIN_CHUNK_BYTES: usize = 4096;
 
 /// A request's options, clamped to the limits.
 #[derive(Debug, Clone)]
@@ -67,6 +97,10 @@ pub struct ResolvedOptions {
     pub max_rows: u64,
     pub max_bytes: u64,
     pub chunk_size: u32,
+    /// Largest `data_chunk` frame in bytes.
+    pub chunk_bytes: usize,
+    /// Largest single value in bytes.
+    pub max_value_bytes: usize,
     pub timeout: Duration,
     pub lock_timeout: Duration,
     pub row_format: RowFormat,
@@ -82,6 +116,8 @@ impl QueryLimits {
                 .chunk_size
                 .unwrap_or(self.default_chunk_size)
                 .clamp(1, self.max_chunk_size.max(1)),
+            chunk_bytes: self.max_chunk_bytes.max(MIN_CHUNK_BYTES),
+            max_value_bytes: self.max_value_bytes.max(1),
             timeout: Duration::from_millis(
                 options
                     .timeout_ms

@@ -1,21 +1,32 @@
-//! Publishing an execution's events: `seq` numbering, and the chunker that turns rows into `data_chunk`s
-//! and paces `query_progress`.
+//! Publishing an execution's events: `seq` numbering, and the chunker that turns rows into
+//! `data_chunk`s, cut by rows and by bytes, and paces `query_progress`.
+//!
+//! Invariants:
+//! - events are numbered 1, 2, 3… by the one [`EventSink`] of an execution, in publishing order;
+//! - a `data_chunk` frame is at most `C2S_MAX_CHUNK_BYTES`; the rows' bytes sent never pass
+//!   `C2S_MAX_RESULT_BYTES` nor their count `maxRows` (the row that would is not sent: `truncated`);
+//! - `data_stream_start` goes out once the first chunk is read (the read-ahead), so its `totalRows` is
+//!   exact whenever the result ends within that chunk, and otherwise the planner's estimate but never
+//!   below the rows already read;
+//! - `query_progress` never decreases and stays below 100 until the query completes.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent};
+use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
-    Column, DataChunk, DataStreamComplete, DataStreamStart, QueryProgress, RowFormat, ServerFrame,
+    Column, DataStreamComplete, DataStreamStart, QueryProgress, RowFormat, ServerFrame,
     ServerMessage,
 };
 use c2s_shared::telemetry;
-use serde_json::Value;
 use tracing::Instrument;
 
 use crate::config::ResolvedOptions;
+use crate::failure::Failure;
+use crate::pg_text::json_string;
 
 /// The one writer of an execution's event stream: numbers events 1, 2, 3… and publishes them in order.
 pub struct EventSink {
@@ -57,19 +68,54 @@ impl EventSink {
         &self.execution_id
     }
 
+    /// The `seq` of the last event published (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
     /// Publishes one event; returns the size of its encoded frame.
     pub async fn emit(&mut self, message: ServerMessage) -> Result<usize, BusError> {
-        let seq = self.seq + 1;
+        let kind = message.type_name();
         let terminal = message.is_terminal();
-        let mut frame = ServerFrame {
-            message,
-            seq: Some(seq),
-            traceparent: self.traceparent.clone(),
-        };
+        self.publish(kind, terminal, |seq, traceparent| {
+            ServerFrame {
+                message,
+                seq: Some(seq),
+                traceparent,
+            }
+            .to_text()
+        })
+        .await
+    }
+
+    /// Publishes a `data_chunk` whose rows are already JSON (`rows`: the rows, comma-separated).
+    async fn emit_chunk(&mut self, chunk_index: u64, rows: &[u8]) -> Result<usize, BusError> {
+        let execution_id = json_string(&self.execution_id);
+        let timestamp = now_ms();
+        self.publish("data_chunk", false, |seq, traceparent| {
+            chunk_frame(
+                &execution_id,
+                timestamp,
+                chunk_index,
+                rows,
+                seq,
+                traceparent.as_deref(),
+            )
+        })
+        .await
+    }
+
+    /// Numbers and publishes one frame built by `encode(seq, traceparent)`.
+    async fn publish(
+        &mut self,
+        kind: &'static str,
+        terminal: bool,
+        encode: impl FnOnce(u64, Option<String>) -> String,
+    ) -> Result<usize, BusError> {
+        let seq = self.seq + 1;
         // When exporting traces: one span per published event, and the frame carries it so that the
         // delivery spans on the gateways hang below it.
         let span = telemetry::exporting().then(|| {
-            let kind = c2s_shared::metrics::frame_type(&frame.to_text()).to_owned();
             tracing::info_span!(
                 "bus.publish",
                 otel.name = %format!("publish {kind}"),
@@ -77,13 +123,14 @@ impl EventSink {
                 seq,
             )
         });
-        if let Some(span) = &span {
-            frame.traceparent = telemetry::traceparent_of(span, self.traceparent.as_deref());
-        }
+        let traceparent = match &span {
+            Some(span) => telemetry::traceparent_of(span, self.traceparent.as_deref()),
+            None => self.traceparent.clone(),
+        };
         let event = BusEvent {
             seq,
             terminal,
-            frame: ByteString::from(frame.to_text()),
+            frame: ByteString::from(encode(seq, traceparent)),
         };
         let publish = self.bus.publish_event(&self.execution_id, &event);
         match span {
@@ -113,54 +160,103 @@ impl EventSink {
     }
 }
 
+/// A `data_chunk` frame, byte for byte what serde writes for the same `ServerFrame` (tested), built
+/// around rows that are already JSON so they are never parsed or re-encoded.
+fn chunk_frame(
+    execution_id_json: &str,
+    timestamp: i64,
+    chunk_index: u64,
+    rows: &[u8],
+    seq: u64,
+    traceparent: Option<&str>,
+) -> String {
+    let mut frame = Vec::with_capacity(rows.len() + 160 + execution_id_json.len());
+    frame.extend_from_slice(br#"{"type":"data_chunk","payload":{"executionId":"#);
+    frame.extend_from_slice(execution_id_json.as_bytes());
+    frame.extend_from_slice(br#","timestamp":"#);
+    frame.extend_from_slice(timestamp.to_string().as_bytes());
+    frame.extend_from_slice(br#","chunkIndex":"#);
+    frame.extend_from_slice(chunk_index.to_string().as_bytes());
+    frame.extend_from_slice(br#","data":["#);
+    frame.extend_from_slice(rows);
+    frame.extend_from_slice(br#"]},"seq":"#);
+    frame.extend_from_slice(seq.to_string().as_bytes());
+    if let Some(tp) = traceparent {
+        frame.extend_from_slice(br#","traceparent":"#);
+        frame.extend_from_slice(json_string(tp).as_bytes());
+    }
+    frame.push(b'}');
+    // Every piece is valid UTF-8: JSON text from serde or from the row encoders.
+    String::from_utf8(frame).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Bytes of a `data_chunk` frame around its rows (envelope, ids, numbers, traceparent), generously.
+const CHUNK_ENVELOPE_BYTES: usize = 256;
+
 /// Progress reported once execution started, before any row.
 pub const PROGRESS_EXECUTING: u8 = 5;
-/// Progress at which streaming starts; it then climbs towards 99 with the planner's row estimate.
+/// Progress at which streaming starts; it then climbs towards 99 with `totalRows`.
 pub const PROGRESS_STREAMING: u8 = 10;
 
-/// Buffers rows into chunks of `chunk_size`, emits them, and paces progress events.
+/// What became of a row offered to the chunker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Added,
+    /// The row cap or the byte cap is reached: this row is not sent, the result is truncated.
+    Full,
+}
+
+/// Buffers encoded rows into chunks (cut at `chunk_size` rows or the chunk byte budget), emits them,
+/// and paces progress events.
 pub struct Chunker<'a> {
     sink: &'a mut EventSink,
     columns: Arc<[Column]>,
+    /// For objects: each column's key, already a JSON string.
+    keys: Vec<String>,
     options: &'a ResolvedOptions,
     estimated_rows: Option<u64>,
-    rows: Vec<Value>,
+    /// `totalRows` as announced in `data_stream_start`, once it went out.
+    announced_total: Option<u64>,
+    /// The current chunk's rows, comma-separated JSON.
+    data: Vec<u8>,
+    rows_in_chunk: usize,
+    /// The most row bytes one chunk may carry.
+    chunk_budget: usize,
     chunk_index: u64,
     total_rows: u64,
-    /// Bytes of the chunks sent so far.
+    /// Row bytes in the chunks sent so far.
     total_bytes: u64,
     last_progress: Instant,
 }
 
 impl<'a> Chunker<'a> {
-    /// Emits `data_stream_start` and returns the chunker for the rows.
-    pub async fn start(
+    /// A chunker for a result with these columns; nothing is emitted before the first row is read.
+    pub fn new(
         sink: &'a mut EventSink,
         columns: Vec<Column>,
         estimated_rows: Option<u64>,
         options: &'a ResolvedOptions,
-    ) -> Result<Chunker<'a>, BusError> {
-        sink.emit(ServerMessage::DataStreamStart(DataStreamStart {
-            execution_id: sink.execution_id.clone(),
-            timestamp: now_ms(),
-            total_rows: None,
-            estimated_rows,
-            columns: columns.clone(),
-            row_format: options.row_format,
-            chunk_size: options.chunk_size,
-        }))
-        .await?;
-        Ok(Chunker {
+    ) -> Chunker<'a> {
+        let keys = columns.iter().map(|c| json_string(&c.name)).collect();
+        let chunk_budget = options
+            .chunk_bytes
+            .saturating_sub(CHUNK_ENVELOPE_BYTES + sink.execution_id.len())
+            .max(1);
+        Chunker {
             sink,
             columns: columns.into(),
+            keys,
             options,
             estimated_rows,
-            rows: Vec::with_capacity(options.chunk_size as usize),
+            announced_total: None,
+            data: Vec::new(),
+            rows_in_chunk: 0,
+            chunk_budget,
             chunk_index: 0,
             total_rows: 0,
             total_bytes: 0,
             last_progress: Instant::now(),
-        })
+        }
     }
 
     pub fn columns(&self) -> &[Column] {
@@ -171,65 +267,166 @@ impl<'a> Chunker<'a> {
         self.options.row_format
     }
 
+    /// Rows per chunk.
+    pub fn chunk_rows(&self) -> u64 {
+        u64::from(self.options.chunk_size)
+    }
+
+    /// The row cap of this query.
+    pub fn max_rows(&self) -> u64 {
+        self.options.max_rows
+    }
+
+    /// Rows accepted so far.
     pub fn total_rows(&self) -> u64 {
         self.total_rows
     }
 
-    /// True once the row cap or the byte cap is reached: the next row would go beyond it.
-    pub fn is_full(&self) -> bool {
-        self.total_rows >= self.options.max_rows || self.total_bytes >= self.options.max_bytes
+    /// Average bytes of a row's JSON so far (0 before the first).
+    pub fn average_row_bytes(&self) -> u64 {
+        let bytes = self.total_bytes + self.data.len() as u64;
+        bytes.checked_div(self.total_rows).unwrap_or(0)
     }
 
-    /// Adds one row (already shaped as object or array); emits a chunk when full.
-    pub async fn push(&mut self, row: Value) -> Result<(), BusError> {
-        self.rows.push(row);
-        self.total_rows += 1;
-        if self.rows.len() >= self.options.chunk_size as usize {
-            self.flush().await?;
-            if self.last_progress.elapsed() >= self.options.progress_interval {
-                self.last_progress = Instant::now();
-                let progress = match self.estimated_rows {
-                    Some(est) if est > 0 => {
-                        let span = u64::from(99 - PROGRESS_STREAMING);
-                        let done = (self.total_rows.min(est) * span) / est;
-                        PROGRESS_STREAMING + done as u8
-                    }
-                    _ => PROGRESS_STREAMING,
-                };
-                self.sink
-                    .progress(progress, "streaming", Some(self.total_rows))
-                    .await?;
-            }
+    /// Offers one row: `cell(i, out)` writes column `i`'s value as JSON into `out`. Returns
+    /// [`Pushed::Full`] (and drops the row) when it would pass the row or byte cap.
+    pub async fn push_row(
+        &mut self,
+        mut cell: impl FnMut(usize, &mut Vec<u8>) -> Result<(), Failure>,
+    ) -> Result<Pushed, Failure> {
+        if self.total_rows >= self.options.max_rows {
+            return Ok(Pushed::Full);
         }
+        let start = self.data.len();
+        let written = self.write_row(&mut cell);
+        if let Err(e) = written {
+            self.data.truncate(start);
+            return Err(e);
+        }
+        let row_bytes = self.data.len() - start;
+        if row_bytes > self.chunk_budget {
+            self.data.truncate(start);
+            return Err(Failure::query(
+                QueryErrorCode::ValueTooLarge,
+                format!(
+                    "row {} is {row_bytes} bytes of JSON, more than one data_chunk carries \
+                     (C2S_MAX_CHUNK_BYTES {}): select fewer or shorter columns",
+                    self.total_rows + 1,
+                    self.options.chunk_bytes
+                ),
+            ));
+        }
+        if self.total_bytes + self.data.len() as u64 > self.options.max_bytes {
+            self.data.truncate(start);
+            return Ok(Pushed::Full);
+        }
+        // A further row exists: the read-ahead is over, and a chunk that is full goes out.
+        if self.rows_in_chunk > 0
+            && (self.rows_in_chunk >= self.options.chunk_size as usize
+                || self.data.len() > self.chunk_budget)
+        {
+            // The new row (after its leading comma) opens the next chunk.
+            let row = self.data.split_off(start + 1);
+            self.data.truncate(start);
+            self.announce(false).await?;
+            self.flush().await?;
+            self.data = row;
+        }
+        self.rows_in_chunk += 1;
+        self.total_rows += 1;
+        // After the announcement there is no reason to hold a full chunk back.
+        if self.announced_total.is_some()
+            && (self.rows_in_chunk >= self.options.chunk_size as usize
+                || self.data.len() >= self.chunk_budget)
+        {
+            self.flush().await?;
+        }
+        Ok(Pushed::Added)
+    }
+
+    /// Writes one row (`,` first unless it opens the chunk) as an object or an array.
+    fn write_row(
+        &mut self,
+        cell: &mut impl FnMut(usize, &mut Vec<u8>) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        if self.rows_in_chunk > 0 {
+            self.data.push(b',');
+        }
+        let objects = self.options.row_format == RowFormat::Objects;
+        self.data.push(if objects { b'{' } else { b'[' });
+        for i in 0..self.keys.len() {
+            if i > 0 {
+                self.data.push(b',');
+            }
+            if objects {
+                self.data.extend_from_slice(self.keys[i].as_bytes());
+                self.data.push(b':');
+            }
+            cell(i, &mut self.data)?;
+        }
+        self.data.push(if objects { b'}' } else { b']' });
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), BusError> {
-        if self.rows.is_empty() {
+    /// Emits `data_stream_start` once: `exact` when the whole result is already read.
+    async fn announce(&mut self, exact: bool) -> Result<(), BusError> {
+        if self.announced_total.is_some() {
             return Ok(());
         }
-        let data = std::mem::replace(
-            &mut self.rows,
-            Vec::with_capacity(self.options.chunk_size as usize),
-        );
+        let total = if exact {
+            self.total_rows
+        } else {
+            // At least one more row than those read exists.
+            self.estimated_rows
+                .unwrap_or(0)
+                .max(self.total_rows.saturating_add(1))
+        };
+        self.announced_total = Some(total);
+        self.sink
+            .emit(ServerMessage::DataStreamStart(DataStreamStart {
+                execution_id: self.sink.execution_id.clone(),
+                timestamp: now_ms(),
+                total_rows: total,
+                total_rows_exact: exact,
+                estimated_rows: self.estimated_rows,
+                columns: self.columns.to_vec(),
+                row_format: self.options.row_format,
+                chunk_size: self.options.chunk_size,
+            }))
+            .await
+            .map(|_| ())
+    }
+
+    async fn flush(&mut self) -> Result<(), BusError> {
+        if self.rows_in_chunk == 0 {
+            return Ok(());
+        }
         if self.chunk_index == 0 {
             metrics::histogram!(c2s_shared::metrics::QUERY_FIRST_CHUNK)
                 .record(self.sink.started.elapsed().as_secs_f64());
         }
-        metrics::counter!(c2s_shared::metrics::ROWS_STREAMED).increment(data.len() as u64);
-        let msg = ServerMessage::DataChunk(DataChunk {
-            execution_id: self.sink.execution_id.clone(),
-            timestamp: now_ms(),
-            chunk_index: self.chunk_index,
-            data,
-        });
-        self.total_bytes += self.sink.emit(msg).await? as u64;
+        metrics::counter!(c2s_shared::metrics::ROWS_STREAMED).increment(self.rows_in_chunk as u64);
+        self.sink.emit_chunk(self.chunk_index, &self.data).await?;
+        self.total_bytes += self.data.len() as u64;
+        self.data.clear();
+        self.rows_in_chunk = 0;
         self.chunk_index += 1;
+        if self.last_progress.elapsed() >= self.options.progress_interval {
+            self.last_progress = Instant::now();
+            let total = self.announced_total.unwrap_or(self.total_rows).max(1);
+            let span = u64::from(99 - PROGRESS_STREAMING);
+            let done = (self.total_rows.min(total) * span) / total;
+            let progress = PROGRESS_STREAMING + done.min(span) as u8;
+            self.sink
+                .progress(progress, "streaming", Some(self.total_rows))
+                .await?;
+        }
         Ok(())
     }
 
-    /// Emits the last partial chunk and `data_stream_complete`; returns (rows, chunks).
+    /// Emits what is left and `data_stream_complete`; returns (rows, chunks).
     pub async fn finish(mut self) -> Result<(u64, u64), BusError> {
+        self.announce(true).await?;
         self.flush().await?;
         let msg = ServerMessage::DataStreamComplete(DataStreamComplete {
             execution_id: self.sink.execution_id.clone(),
@@ -242,12 +439,49 @@ impl<'a> Chunker<'a> {
     }
 }
 
-/// Shapes one row from its cells, per `rowFormat`.
-pub fn shape_row(columns: &[Column], cells: Vec<Value>, format: RowFormat) -> Value {
-    match format {
-        RowFormat::Arrays => Value::Array(cells),
-        RowFormat::Objects => {
-            Value::Object(columns.iter().map(|c| c.name.clone()).zip(cells).collect())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c2s_shared::protocol::DataChunk;
+    use serde_json::Value;
+
+    #[test]
+    fn chunk_frame_is_what_serde_writes() {
+        let rows = [
+            serde_json::json!({"n": 1, "s": "a\"b"}),
+            serde_json::json!({"n": 2, "s": null}),
+        ];
+        let joined = rows
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        for traceparent in [
+            None,
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ] {
+            let ours = chunk_frame(
+                &json_string("e-1"),
+                1_700_000_000_123,
+                7,
+                joined.as_bytes(),
+                42,
+                traceparent,
+            );
+            let theirs = ServerFrame {
+                message: ServerMessage::DataChunk(DataChunk {
+                    execution_id: "e-1".into(),
+                    timestamp: 1_700_000_000_123,
+                    chunk_index: 7,
+                    data: rows.to_vec(),
+                }),
+                seq: Some(42),
+                traceparent: traceparent.map(str::to_owned),
+            }
+            .to_text();
+            assert_eq!(ours, theirs);
+            let parsed: Value = serde_json::from_str(&ours).unwrap();
+            assert_eq!(parsed["payload"]["data"][0]["s"], "a\"b");
         }
     }
 }

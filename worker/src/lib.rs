@@ -6,6 +6,8 @@
 pub mod config;
 pub mod engine;
 pub mod events;
+pub mod failure;
+mod pg_text;
 pub mod runner;
 mod sql_json;
 

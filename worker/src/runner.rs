@@ -15,6 +15,7 @@ use c2s_shared::protocol::{
     ServerMessage,
 };
 use c2s_shared::telemetry;
+use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -187,7 +188,14 @@ impl Worker {
             TakeOver::Start => self.process(delivery, true).await,
             TakeOver::Lost => {
                 metrics::counter!(m::JOBS, "outcome" => "worker_lost").increment(1);
-                let ended = self.end_lost(&delivery).await;
+                let ended = self
+                    .end_with_error(
+                        &delivery,
+                        QueryErrorCode::WorkerLost,
+                        "the worker running this query stopped before it finished; the result is \
+                         incomplete: run the query again",
+                    )
+                    .await;
                 match ended.and(self.bus.ack_job(&delivery).await) {
                     Ok(()) => {}
                     Err(e) => tracing::warn!(%execution_id, error = %e, "could not end a lost job"),
@@ -201,8 +209,14 @@ impl Worker {
         }
     }
 
-    /// Ends the stream of a job whose worker died mid-query, after the last event it published.
-    async fn end_lost(&self, delivery: &Delivery) -> Result<(), BusError> {
+    /// Ends the stream of a job that cannot finish (its worker died mid-query, or its run panicked)
+    /// with a `query_error`, after the last event published.
+    async fn end_with_error(
+        &self,
+        delivery: &Delivery,
+        code: QueryErrorCode,
+        message: &str,
+    ) -> Result<(), BusError> {
         let job = &delivery.job;
         let last = self
             .bus
@@ -218,10 +232,8 @@ impl Worker {
             execution_id: job.execution_id.clone(),
             timestamp: now_ms(),
             error: QueryErrorDetail {
-                code: QueryErrorCode::WorkerLost,
-                message: "the worker running this query stopped before it finished; the result is \
-                          incomplete: run the query again"
-                    .into(),
+                code,
+                message: message.to_owned(),
                 sqlstate: None,
                 position: None,
             },
@@ -244,12 +256,30 @@ impl Worker {
                 (token.clone(), delivery.delivery_id.clone()),
             );
         metrics::gauge!(m::WORKER_RUNNING).increment(1.0);
-        let outcome = self.run_job(&delivery, &token, started).await;
+        // The safety net: a panic anywhere in the run ends the execution instead of leaving its
+        // client waiting (its connection is closed as the run unwinds).
+        let outcome = std::panic::AssertUnwindSafe(self.run_job(&delivery, &token, started))
+            .catch_unwind()
+            .await;
         metrics::gauge!(m::WORKER_RUNNING).decrement(1.0);
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&execution_id);
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                tracing::error!(%execution_id, panic = %what, "the query's run panicked");
+                metrics::counter!(m::JOBS, "outcome" => "panicked").increment(1);
+                self.end_with_error(
+                    &delivery,
+                    QueryErrorCode::Internal,
+                    &format!("the worker failed while running this query ({what}); this is a bug"),
+                )
+                .await
+            }
+        };
         match outcome {
             Ok(()) => {
                 if let Err(e) = self.bus.ack_job(&delivery).await {
@@ -354,4 +384,13 @@ impl Worker {
             .record((now_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0);
         sink.emit(terminal).await.map(|_| ())
     }
+}
+
+/// The text of a panic's payload (`panic!` with a message gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

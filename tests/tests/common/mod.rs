@@ -1122,13 +1122,21 @@ impl Drop for Cluster {
 // PostgreSQL observation
 // ---------------------------------------------------------------------------------------------------------
 
-/// Active statements (other than our own) whose text contains `marker`.
+/// For [`active_queries_with`]: every execution's statement in this database.
+pub const ANY_EXECUTION: &str = "";
+
+/// Active statements (other than our own) in this database: those of the execution whose id is
+/// `marker` (the worker names each query's session `c2s <executionId>` in `application_name`, while
+/// `query` shows the cursor's FETCH), or whose text contains `marker`; with [`ANY_EXECUTION`], every
+/// execution's.
 pub async fn active_queries_with(pg: &mut PgConnection, marker: &str) -> i64 {
     tokio::time::timeout(
         SIDE_CALL_TIMEOUT,
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE pid <> pg_backend_pid() AND state = 'active' AND strpos(query, $1) > 0",
+             WHERE pid <> pg_backend_pid() AND state = 'active' AND datname = current_database() \
+             AND CASE WHEN $1 = '' THEN application_name LIKE 'c2s %' \
+                      ELSE strpos(query, $1) > 0 OR application_name = 'c2s ' || $1 END",
         )
         .bind(marker)
         .fetch_one(pg),
@@ -1812,7 +1820,8 @@ pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
     let mut chunk_size: u64 = 0;
     let mut rows: Vec<Value> = Vec::new();
     let mut chunks: u64 = 0;
-    let mut last_chunk_len: Option<usize> = None;
+    let mut last_chunk: Option<(usize, usize)> = None;
+    let mut first_chunk_len: Option<usize> = None;
     let mut progress: Vec<u64> = Vec::new();
     for (i, f) in frames.iter().enumerate() {
         let t = ty(f);
@@ -1865,7 +1874,11 @@ pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
                 let v = p["progress"].as_u64().unwrap_or_else(|| {
                     panic!("{}: progress must be an integer: {}", ctx(), short(f))
                 });
-                assert!(v <= 100, "{}: progress {v} > 100", ctx());
+                assert!(
+                    v < 100,
+                    "{}: progress {v} before the query completed (it stays below 100)",
+                    ctx()
+                );
                 if let Some(&prev) = progress.last() {
                     assert!(
                         v >= prev,
@@ -1939,15 +1952,21 @@ pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
                     ctx(),
                     data.len()
                 );
-                if let Some(prev) = last_chunk_len {
-                    assert_eq!(
-                        prev as u64,
-                        chunk_size,
-                        "{}: only the last chunk may be shorter than chunkSize",
-                        ctx()
+                if let Some((prev_len, prev_bytes)) = last_chunk {
+                    // Only the last chunk may be short, unless the next row did not fit by bytes.
+                    let next_row = data[0].to_string().len();
+                    assert!(
+                        prev_len as u64 == chunk_size
+                            || (prev_bytes + 1 + next_row) as f64
+                                > chunk_byte_budget(exec) as f64 * 0.95,
+                        "{}: chunk {} has {prev_len} rows ({prev_bytes} bytes) < chunkSize {chunk_size}, \
+                         yet the next row ({next_row} bytes) would have fitted",
+                        ctx(),
+                        chunks - 1
                     );
                 }
-                last_chunk_len = Some(data.len());
+                first_chunk_len.get_or_insert(data.len());
+                last_chunk = Some((data.len(), rows_json_len(data)));
                 for row in data {
                     check_row_shape(row, &columns, &row_format, &ctx);
                 }
@@ -1973,13 +1992,37 @@ pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
                     "{}: data_stream_complete.chunks must equal the data_chunks sent",
                     ctx()
                 );
-                let announced = &start.as_ref().expect("checked")["payload"]["totalRows"];
-                assert!(
-                    announced.is_null() || announced.as_u64() == Some(rows.len() as u64),
-                    "{}: data_stream_start.totalRows {announced} is neither null nor the real count {}",
-                    ctx(),
-                    rows.len()
-                );
+                let announced = &start.as_ref().expect("checked")["payload"];
+                let total = announced["totalRows"].as_u64().unwrap_or_else(|| {
+                    panic!("{}: data_stream_start.totalRows must be a number", ctx())
+                });
+                let first = first_chunk_len.unwrap_or(0) as u64;
+                match announced["totalRowsExact"].as_bool() {
+                    Some(true) => assert_eq!(
+                        total,
+                        rows.len() as u64,
+                        "{}: an exact data_stream_start.totalRows must be the real count",
+                        ctx()
+                    ),
+                    Some(false) => {
+                        assert!(
+                            total > first,
+                            "{}: an estimated totalRows {total} must be above the {first} rows read ahead",
+                            ctx()
+                        );
+                        assert!(
+                            rows.len() as u64 > first,
+                            "{}: totalRows is an estimate although the result ({} rows) ended within \
+                             the read-ahead ({first} rows)",
+                            ctx(),
+                            rows.len()
+                        );
+                    }
+                    None => panic!(
+                        "{}: data_stream_start.totalRowsExact must be a boolean",
+                        ctx()
+                    ),
+                }
                 complete = Some(f.clone());
             }
             "query_completed" => {
@@ -2039,6 +2082,19 @@ pub fn check_full_stream(exec: &str, frames: &[Value]) -> StreamSummary {
         chunks,
         progress,
     }
+}
+
+/// The default `C2S_MAX_CHUNK_BYTES` (a test that changes it checks chunk sizes itself).
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Bytes of rows one chunk may carry (the worker keeps room for the frame's envelope).
+fn chunk_byte_budget(exec: &str) -> usize {
+    MAX_CHUNK_BYTES - 256 - exec.len()
+}
+
+/// Bytes of a chunk's rows as JSON, comma-separated.
+fn rows_json_len(rows: &[Value]) -> usize {
+    rows.iter().map(|r| r.to_string().len()).sum::<usize>() + rows.len().saturating_sub(1)
 }
 
 fn check_row_shape(row: &Value, columns: &[Value], format: &str, ctx: &dyn Fn() -> String) {

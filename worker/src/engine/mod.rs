@@ -5,14 +5,15 @@ pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use c2s_shared::bus::{BusError, Job};
+use c2s_shared::bus::Job;
 use c2s_shared::codes::QueryErrorCode;
-use c2s_shared::protocol::{Column, QueryErrorDetail};
+use c2s_shared::protocol::Column;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ResolvedOptions;
 use crate::events::EventSink;
+pub use crate::failure::Failure;
 
 /// What a successful run reports for `query_completed`.
 #[derive(Debug, Clone)]
@@ -20,73 +21,6 @@ pub struct Completed {
     pub row_count: u64,
     pub columns: Vec<Column>,
     pub truncated: bool,
-}
-
-/// Why a run did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("cancelled")]
-    Cancelled,
-    #[error("{}", .0.message)]
-    Query(QueryErrorDetail),
-    /// The events could not be published: nobody can be told, the job stays pending for another try.
-    #[error("bus: {0}")]
-    Bus(#[from] BusError),
-}
-
-impl Failure {
-    pub fn query(code: QueryErrorCode, message: impl Into<String>) -> Failure {
-        Failure::Query(QueryErrorDetail {
-            code,
-            message: message.into(),
-            sqlstate: None,
-            position: None,
-        })
-    }
-
-    /// Maps a driver error: database errors keep their SQLSTATE and position.
-    pub fn from_sqlx(e: sqlx::Error) -> Failure {
-        match e {
-            sqlx::Error::Database(db)
-                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
-            {
-                // SQLite's result codes are not SQLSTATEs: map the ones users meet, keep the text.
-                let code = match db.code().as_deref() {
-                    Some("8") => QueryErrorCode::ReadOnly,
-                    _ => QueryErrorCode::SqlError,
-                };
-                Failure::query(code, db.message())
-            }
-            sqlx::Error::Database(db) => {
-                let sqlstate = db.code().map(|c| c.into_owned());
-                let position = db
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .and_then(|pg| match pg.position() {
-                        Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p as u32),
-                        _ => None,
-                    });
-                let code = match sqlstate.as_deref() {
-                    Some(s) => QueryErrorCode::from_sqlstate(s),
-                    None => QueryErrorCode::SqlError,
-                };
-                Failure::Query(QueryErrorDetail {
-                    code,
-                    message: db.message().to_owned(),
-                    sqlstate,
-                    position,
-                })
-            }
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => Failure::query(
-                QueryErrorCode::Unavailable,
-                format!("database unavailable: {e}"),
-            ),
-            other => Failure::query(QueryErrorCode::Internal, other.to_string()),
-        }
-    }
 }
 
 #[async_trait]

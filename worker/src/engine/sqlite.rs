@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{parse_params, Completed, Failure, SqlEngine};
 use crate::config::{QueryLimits, ResolvedOptions};
-use crate::events::{shape_row, Chunker, EventSink, PROGRESS_EXECUTING};
+use crate::events::{Chunker, EventSink, Pushed, PROGRESS_EXECUTING};
 use crate::sql_json::sqlite_cell;
 
 pub struct SqliteEngine {
@@ -107,7 +107,7 @@ impl SqlEngine for SqliteEngine {
             })
             .collect();
         sink.progress(PROGRESS_EXECUTING, "executing", None).await?;
-        let mut chunker = Chunker::start(sink, columns, None, options).await?;
+        let mut chunker = Chunker::new(sink, columns, None, options);
         let mut truncated = false;
         let mut rows = sqlx::query_with(&job.query, super::bind_all::<sqlx::Sqlite>(&params))
             .fetch(&mut *conn);
@@ -117,29 +117,43 @@ impl SqlEngine for SqliteEngine {
                 // Cancel request: dropping the stream stops SQLite's statement.
                 _ = cancel.cancelled() => return Err(Failure::Cancelled),
                 // The query's time is up.
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(Failure::query(
-                        QueryErrorCode::Timeout,
-                        format!("query exceeded its timeout of {} ms", options.timeout.as_millis()),
-                    ))
-                }
+                _ = tokio::time::sleep_until(deadline) => return Err(Failure::timeout(options.timeout)),
                 // The next row.
                 next = rows.next() => next,
             };
             match next {
                 None => break,
                 Some(Err(e)) => return Err(Failure::from_sqlx(e)),
-                Some(Ok(_)) if chunker.is_full() => {
-                    truncated = true;
-                    break;
-                }
                 Some(Ok(row)) => {
                     let cells = (0..chunker.columns().len())
                         .map(|i| sqlite_cell(&row, i))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| Failure::query(QueryErrorCode::Internal, e))?;
-                    let row = shape_row(chunker.columns(), cells, chunker.row_format());
-                    chunker.push(row).await?;
+                    if let Some(i) = cells
+                        .iter()
+                        .position(|c| value_bytes(c) > options.max_value_bytes)
+                    {
+                        return Err(Failure::query(
+                            QueryErrorCode::ValueTooLarge,
+                            format!(
+                                "column `{}` of row {} is larger than C2S_MAX_VALUE_BYTES ({})",
+                                chunker.columns()[i].name,
+                                chunker.total_rows() + 1,
+                                options.max_value_bytes
+                            ),
+                        ));
+                    }
+                    let pushed = chunker
+                        .push_row(|i, out| {
+                            serde_json::to_writer(out, &cells[i]).map_err(|e| {
+                                Failure::query(QueryErrorCode::Internal, e.to_string())
+                            })
+                        })
+                        .await?;
+                    if pushed == Pushed::Full {
+                        truncated = true;
+                        break;
+                    }
                 }
             }
         }
@@ -151,6 +165,14 @@ impl SqlEngine for SqliteEngine {
             columns,
             truncated,
         })
+    }
+}
+
+/// The size of a value's text or bytes (what `C2S_MAX_VALUE_BYTES` bounds).
+fn value_bytes(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::String(s) => s.len(),
+        _ => 0,
     }
 }
 
