@@ -44,11 +44,7 @@ async fn every_dashboard_metric_exists() {
         "the dashboard queries only {queried:?}"
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cluster = Cluster::builder("dashboard")
         .gateways(1)
         .workers(1)

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use common::deploy::{deploy_path, venv_tool, ConfigSurface};
-use common::{http_get, target_dir, Cluster};
+use common::{free_port, http_get, target_dir, Cluster};
 use serde_json::{json, Value};
 
 const NAMESPACE: &str = "chat2sql";
@@ -1021,11 +1021,7 @@ async fn probe_paths_answer_on_real_processes() {
     assert!(gateway_paths.contains("/readyz") && gateway_paths.contains("/healthz"));
     assert!(!worker_paths.is_empty());
 
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     let cluster = Cluster::builder("k8s_probes")
         .gateways(1)
         .workers(1)

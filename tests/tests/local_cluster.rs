@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -14,13 +13,6 @@ use common::*;
 use serde_json::json;
 
 const PROCESSES: [&str; 5] = ["gateway-1", "gateway-2", "worker-1", "worker-2", "lb"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
 
 /// One cluster of the script, in its own state directory, ports, Redis prefix and database; `down` runs
 /// on drop, then the harness's guards remove its keys and database, so a failing test leaves nothing.

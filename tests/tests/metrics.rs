@@ -3,39 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::*;
 use serde_json::json;
 
-/// `name{labels} value` lines of a Prometheus text exposition, keyed by `name{labels}` as printed.
-fn parse(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn get(metrics: &HashMap<String, f64>, key: &str) -> f64 {
-    *metrics.get(key).unwrap_or_else(|| {
-        panic!("no metric {key} in:\n{}", {
-            let mut keys: Vec<_> = metrics.keys().cloned().collect();
-            keys.sort();
-            keys.join("\n")
-        })
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_by_the_workload() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cluster = Cluster::builder("metrics")
         .gateways(1)
         .workers(1)
@@ -60,39 +33,39 @@ async fn counters_move_by_the_workload() {
 
     let (status, body) = http_get(cluster.gateway(0).addr(), "/metrics").await;
     assert_eq!(status, 200);
-    let gw = parse(&body);
+    let gw = parse_metrics(&body);
     assert_eq!(
-        get(&gw, r#"c2s_ws_messages_in_total{type="execute_query"}"#),
+        metric(&gw, r#"c2s_ws_messages_in_total{type="execute_query"}"#),
         3.0
     );
-    assert_eq!(get(&gw, r#"c2s_ws_messages_in_total{type="ping"}"#), 1.0);
-    assert_eq!(get(&gw, "c2s_queries_enqueued_total"), 3.0);
+    assert_eq!(metric(&gw, r#"c2s_ws_messages_in_total{type="ping"}"#), 1.0);
+    assert_eq!(metric(&gw, "c2s_queries_enqueued_total"), 3.0);
     assert_eq!(
-        get(&gw, r#"c2s_ws_messages_out_total{type="query_completed"}"#),
+        metric(&gw, r#"c2s_ws_messages_out_total{type="query_completed"}"#),
         2.0
     );
     assert_eq!(
-        get(&gw, r#"c2s_ws_messages_out_total{type="query_error"}"#),
+        metric(&gw, r#"c2s_ws_messages_out_total{type="query_error"}"#),
         1.0
     );
     // 3 chunks for 1200 rows by 500, 1 for the single row.
     assert_eq!(
-        get(&gw, r#"c2s_ws_messages_out_total{type="data_chunk"}"#),
+        metric(&gw, r#"c2s_ws_messages_out_total{type="data_chunk"}"#),
         4.0
     );
     assert_eq!(
-        get(&gw, r#"c2s_ws_connections_open{endpoint="/ws/query"}"#),
+        metric(&gw, r#"c2s_ws_connections_open{endpoint="/ws/query"}"#),
         1.0
     );
-    assert!(get(&gw, "c2s_ws_bytes_out_total") > 10_000.0);
+    assert!(metric(&gw, "c2s_ws_bytes_out_total") > 10_000.0);
 
     let worker_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (status, body) = http_get(worker_addr, "/metrics").await;
     assert_eq!(status, 200);
-    let wk = parse(&body);
-    assert_eq!(get(&wk, r#"c2s_jobs_total{outcome="completed"}"#), 2.0);
-    assert_eq!(get(&wk, r#"c2s_jobs_total{outcome="error"}"#), 1.0);
-    assert_eq!(get(&wk, "c2s_rows_streamed_total"), 1201.0);
-    assert_eq!(get(&wk, "c2s_query_first_chunk_seconds_count"), 2.0);
-    assert_eq!(get(&wk, "c2s_query_queue_wait_seconds_count"), 3.0);
+    let wk = parse_metrics(&body);
+    assert_eq!(metric(&wk, r#"c2s_jobs_total{outcome="completed"}"#), 2.0);
+    assert_eq!(metric(&wk, r#"c2s_jobs_total{outcome="error"}"#), 1.0);
+    assert_eq!(metric(&wk, "c2s_rows_streamed_total"), 1201.0);
+    assert_eq!(metric(&wk, "c2s_query_first_chunk_seconds_count"), 2.0);
+    assert_eq!(metric(&wk, "c2s_query_queue_wait_seconds_count"), 3.0);
 }

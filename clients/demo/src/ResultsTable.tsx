@@ -98,8 +98,12 @@ export function ResultsTable({ source }: { source: QueryHandle | RowStore | null
           {count.toLocaleString('en-US')} rows
         </span>
         {snap.chunkCount > 0 && <span> in {snap.chunkCount} chunks</span>}
-        {snap.totalRows === null && snap.estimatedRows !== null && !snap.completed && (
-          <span> (planner estimate {snap.estimatedRows.toLocaleString('en-US')})</span>
+        {snap.totalRows !== null && !snap.completed && (
+          <span data-testid="total-rows" data-exact={snap.totalRowsExact}>
+            {' '}
+            of {snap.totalRowsExact ? '' : '≈'}
+            {snap.totalRows.toLocaleString('en-US')}
+          </span>
         )}
         {snap.completed && snap.totalRows !== null && <span> · complete</span>}
       </div>

@@ -50,8 +50,14 @@ export interface QueryState {
   readonly step: string;
   readonly columns: readonly Column[];
   readonly rowFormat: RowFormat | undefined;
-  /** Exact row count when known at stream start (else `null`; see `estimatedRows`), exact at the end. */
+  /**
+   * The result's rows from `data_stream_start` on: exact when `totalRowsExact`, else the server's estimate
+   * (never below the rows it had read); exact at the end. `null` before the stream starts.
+   */
   readonly totalRows: number | null;
+  /** Whether {@link totalRows} is exact (show an estimate as "≈"). */
+  readonly totalRowsExact: boolean;
+  /** The planner's own estimate, when it gave one. */
   readonly estimatedRows: number | null;
   /** Rows received so far (the handle counts them; keep them with a `RowStore`). */
   readonly rowsReceived: number;
@@ -131,6 +137,7 @@ const INITIAL: QueryState = {
   columns: [],
   rowFormat: undefined,
   totalRows: null,
+  totalRowsExact: false,
   estimatedRows: null,
   rowsReceived: 0,
   chunksReceived: 0,
@@ -431,7 +438,8 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
           status: 'streaming',
           columns: frame.payload.columns,
           rowFormat: frame.payload.rowFormat,
-          totalRows: frame.payload.totalRows ?? null,
+          totalRows: frame.payload.totalRows,
+          totalRowsExact: frame.payload.totalRowsExact,
           estimatedRows: frame.payload.estimatedRows ?? null,
           lastSeq: seq,
         });
@@ -447,7 +455,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
         cb.onChunk?.(frame.payload.data, frame.payload);
         break;
       case 'data_stream_complete':
-        this.update({ totalRows: frame.payload.totalRows, lastSeq: seq });
+        this.update({ totalRows: frame.payload.totalRows, totalRowsExact: true, lastSeq: seq });
         cb.onStreamComplete?.(frame.payload);
         break;
       default:

@@ -13,10 +13,16 @@ export interface RowStoreSnapshot {
   /** Rows received so far. */
   readonly receivedRows: number;
   readonly chunkCount: number;
-  /** Exact total when known (at the start, or at the end), else `null`. */
+  /**
+   * The result's rows: from `data_stream_start` on, exact (`totalRowsExact`) or the server's estimate
+   * (never below the rows it had read); exact from `data_stream_complete`. `null` before the stream starts.
+   */
   readonly totalRows: number | null;
+  /** Whether {@link totalRows} is exact; show an estimate as "≈". */
+  readonly totalRowsExact: boolean;
+  /** The planner's own estimate, when it gave one. */
   readonly estimatedRows: number | null;
-  /** 0..100: received rows against the total (or the estimate), 100 once complete. */
+  /** 0..100: received rows against the total (an estimate stops at 99), 100 once complete. */
   readonly progress: number;
   /** The data stream is complete (`data_stream_complete`), or the query ended. */
   readonly completed: boolean;
@@ -116,12 +122,20 @@ export class RowStore<Row = unknown> {
       }),
       handle.on('data_stream_start', (p) => {
         this.set(
-          { columns: p.columns, rowFormat: p.rowFormat, totalRows: p.totalRows ?? null, estimatedRows: p.estimatedRows ?? null },
+          {
+            columns: p.columns,
+            rowFormat: p.rowFormat,
+            totalRows: p.totalRows,
+            totalRowsExact: p.totalRowsExact,
+            estimatedRows: p.estimatedRows ?? null,
+          },
           true,
         );
       }),
       handle.on('data_chunk', (p) => this.append(p.data as Row[])),
-      handle.on('data_stream_complete', (p) => this.set({ totalRows: p.totalRows, completed: true }, true)),
+      handle.on('data_stream_complete', (p) =>
+        this.set({ totalRows: p.totalRows, totalRowsExact: true, completed: true }, true),
+      ),
     );
     const outcome = handle.state.outcome;
     if (outcome && !this.snap.completed) this.ended(outcome);
@@ -168,7 +182,8 @@ export class RowStore<Row = unknown> {
     const next = { ...this.snap, ...patch };
     const receivedRows = this.rows.length;
     const total = next.totalRows ?? next.estimatedRows;
-    const progress = next.completed ? 100 : total ? Math.min(100, (receivedRows / total) * 100) : 0;
+    // An estimate may be low: progress waits at 99 for the end.
+    const progress = next.completed ? 100 : total ? Math.min(99, (receivedRows / total) * 100) : 0;
     this.snap = { ...next, receivedRows, chunkCount: this.chunkOffsets.length, progress, version: this.snap.version + 1 };
     if (immediate || this.intervalMs <= 0) {
       this.timers.clear(this.pending);
@@ -200,6 +215,7 @@ function emptySnapshot(version: number): RowStoreSnapshot {
     receivedRows: 0,
     chunkCount: 0,
     totalRows: null,
+    totalRowsExact: false,
     estimatedRows: null,
     progress: 0,
     completed: false,

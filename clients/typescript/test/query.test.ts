@@ -62,6 +62,33 @@ describe('queries', () => {
     await c.close();
   });
 
+  it('totalRows is a number from data_stream_start: exact for a small result, an estimate (progress < 100) for a large one', async () => {
+    const c = client();
+    const small = c.executeQuery(rowsQuery(37), { chunkSize: 500 });
+    const smallStore = new RowStore();
+    smallStore.attach(small);
+    const atStart: Array<{ total: number | null; exact: boolean }> = [];
+    small.on('data_stream_start', () => atStart.push({ total: small.state.totalRows, exact: small.state.totalRowsExact }));
+    await small.done;
+    expect(atStart).toEqual([{ total: 37, exact: true }]);
+
+    const large = c.executeQuery(rowsQuery(5_000), { chunkSize: 500 });
+    const store = new RowStore();
+    store.attach(large);
+    const seen: Array<{ total: number | null; exact: boolean; progress: number }> = [];
+    store.subscribe(() => {
+      const s = store.getSnapshot();
+      if (!s.completed) seen.push({ total: s.totalRows, exact: s.totalRowsExact, progress: s.progress });
+    });
+    await large.done;
+    const streaming = seen.filter((s) => s.total !== null);
+    expect(streaming.length).toBeGreaterThan(0);
+    // Never null from the start on, above the 500 rows read ahead, and never 100 before the end.
+    expect(streaming.every((s) => s.exact === false && (s.total ?? 0) > 500 && s.progress < 100)).toBe(true);
+    expect(store.getSnapshot()).toMatchObject({ completed: true, totalRows: 5_000, totalRowsExact: true, progress: 100 });
+    await c.close();
+  });
+
   it('cancel stops a running query: outcome cancelled', async () => {
     const c = client();
     // Slow enough to still be running when cancelled.

@@ -2771,3 +2771,37 @@ impl ClusterBuilder {
         self.start_on(Some(url)).await
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Prometheus metrics
+// ---------------------------------------------------------------------------------------------------------
+
+/// `name{labels} value` lines of a Prometheus text exposition, keyed by `name{labels}` as printed.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One metric of [`parse_metrics`]'s map (panics, listing what there is, when it is missing).
+pub fn metric(metrics: &std::collections::HashMap<String, f64>, key: &str) -> f64 {
+    *metrics.get(key).unwrap_or_else(|| {
+        panic!("no metric {key} in:\n{}", {
+            let mut keys: Vec<_> = metrics.keys().cloned().collect();
+            keys.sort();
+            keys.join("\n")
+        })
+    })
+}
+
+/// A free loopback port (for a listener a process is told to open).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -346,6 +346,8 @@ export type QueryErrorCode =
   | 'syntax_error'
   | 'read_only'
   | 'timeout'
+  | 'cancelled_externally'
+  | 'value_too_large'
   | 'sql_error'
   | 'invalid_request'
   | 'unavailable'
@@ -521,11 +523,16 @@ export interface DataStreamStart {
   executionId: string;
   timestamp: number;
   /**
-   * Exact row count when known before streaming, else null (see `estimatedRows`).
+   * Rows of the result: exact when the result ended within the worker's read-ahead (the first
+   * chunk), else the planner's estimate, never below the rows already read. Always a number.
    */
-  totalRows?: number | null;
+  totalRows: number;
   /**
-   * The planner's estimate when `totalRows` is null.
+   * Whether `totalRows` is exact (`data_stream_complete` always has the exact count).
+   */
+  totalRowsExact: boolean;
+  /**
+   * The planner's own estimate, when it gave one.
    */
   estimatedRows?: number | null;
   columns: Column[];
