@@ -30,6 +30,9 @@ psql "$PG/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = 'c2s_bench'
 psql "$PG/c2s_bench" -qc "CREATE TABLE IF NOT EXISTS stream_rows AS SELECT g AS id, g * 2 AS doubled,
   md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
 psql "$PG/c2s_bench" -qc "VACUUM ANALYZE stream_rows"
+# The worker runs as the least-privilege role, as every deployment does.
+psql "$PG/c2s_bench" -q -v ON_ERROR_STOP=1 -f deploy/postgres/reader-role.sql >/dev/null
+READER_URL=postgres://chat2sql_reader:chat2sql-reader-demo@127.0.0.1:5432/c2s_bench
 
 gateway() { # gateway <port> <name> [args…]: starts a gateway, prints its pid
   local port=$1 name=$2; shift 2
@@ -40,7 +43,7 @@ gateway() { # gateway <port> <name> [args…]: starts a gateway, prints its pid
 wait_port() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; exit 1; }
 
 GA=$(gateway 18701 bench-a); GB=$(gateway 18702 bench-b); PIDS+=("$GA" "$GB")
-"$BIN/worker" --redis-url "$REDIS" --key-prefix "$PREFIX" --database-url "$PG/c2s_bench" \
+"$BIN/worker" --redis-url "$REDIS" --key-prefix "$PREFIX" --database-url "$READER_URL" \
   >"$LOGS/worker.log" 2>&1 &
 W=$!; PIDS+=("$W")
 wait_port 18701; wait_port 18702; sleep 1

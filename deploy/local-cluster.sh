@@ -33,7 +33,7 @@ REDIS_URL="${LC_REDIS_URL:-redis://127.0.0.1:6379}"
 KEY_PREFIX="${LC_KEY_PREFIX:-c2s-local}"
 PG_URL="${LC_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 DB="${LC_DB:-chat2sql_demo}"
-READER=chat2sql_reader
+READER=chat2sql_reader:chat2sql-reader-demo  # user:password of deploy/postgres/reader-role.sql
 # What `down` waits for before SIGKILL: the gateways' drain (C2S_SHUTDOWN_GRACE_SECS, 10) plus margin.
 STOP_WAIT_SECS=15
 PROCESSES=(gateway-1 gateway-2 worker-1 worker-2 lb)
@@ -70,15 +70,8 @@ load_demo_data() {
   fi
   psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 -f "$ROOT/deploy/postgres/demo.sql" >/dev/null 2>&1 \
     || psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 -f "$ROOT/deploy/postgres/demo.sql"
-  # Workers connect as a read-only role (the local server trusts loopback, so no password).
-  psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$READER') THEN CREATE ROLE $READER LOGIN; END IF;
-END \$\$;
-GRANT CONNECT ON DATABASE "$DB" TO $READER;
-GRANT USAGE ON SCHEMA public TO $READER;
-GRANT SELECT ON ALL TABLES IN SCHEMA public TO $READER;
-SQL
+  # Workers connect as the least-privilege role of the project's one set-up script.
+  psql "$PG_URL/$DB" -q -v ON_ERROR_STOP=1 -f "$ROOT/deploy/postgres/reader-role.sql" >/dev/null
 }
 
 pg_host_port() { local h=${PG_URL#*://}; echo "${h#*@}"; }

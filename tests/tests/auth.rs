@@ -30,15 +30,6 @@ fn claims(sub: &str, exp_in: i64) -> Value {
            "sessions": ["s-granted"]})
 }
 
-fn hs256(claims: &Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap()
-}
-
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(workspace_root().join("tests/fixtures/jwt").join(name)).unwrap()
 }
@@ -342,7 +333,8 @@ async fn origins_and_execution_ownership() {
     .await;
     assert_eq!(code, None);
 
-    // Alice's execution (queued: no worker runs here) is hers: Bob may not follow it.
+    // Alice's execution (queued: no worker runs here) is hers: Bob may not follow it, and is told
+    // exactly what an id that never existed gets (tests/tests/isolation.rs walks every message).
     let mut alice = Client::connect(&url("alice"), Some(cluster.schema())).await;
     let exec = alice.execute("SELECT 1", None, Some("a1")).await;
     let mut bob = Client::connect(&url("bob"), Some(cluster.schema())).await;
@@ -352,7 +344,7 @@ async fn origins_and_execution_ownership() {
         )
         .await;
         let refused = bob.recv_json().await;
-        assert_eq!(refused["payload"]["code"], "forbidden", "{kind}: {refused}");
+        assert_eq!(refused["payload"]["code"], "not_found", "{kind}: {refused}");
     }
     let mut alice2 = Client::connect(&url("alice"), Some(cluster.schema())).await;
     alice2

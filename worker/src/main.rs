@@ -27,6 +27,12 @@ struct Cli {
     #[arg(long, env = "C2S_METRICS_BIND")]
     metrics_bind: Option<std::net::SocketAddr>,
 
+    /// Start even if the database role is privileged (a superuser, a member of pg_signal_backend, …),
+    /// which lets any user's SQL escape the database or see and stop other users' queries. For a
+    /// throw-away development database only; a loud warning is logged.
+    #[arg(long, env = "C2S_INSECURE_PRIVILEGED_ROLE")]
+    insecure_privileged_role: bool,
+
     /// Connections in the pool (default: --concurrency).
     #[arg(long, env = "C2S_DB_POOL_SIZE")]
     db_pool_size: Option<u32>,
@@ -76,6 +82,20 @@ async fn main() -> anyhow::Result<()> {
         PostgresEngine::connect(database_url.expose(), pool_size, cli.worker.limits.clone())
             .await
             .with_context(|| format!("connecting to PostgreSQL at {database_url}"))?;
+    let audit = c2s_worker::role_check::audit(engine.pool())
+        .await
+        .context("checking the database role's privileges")?;
+    if !audit.problems.is_empty() {
+        if !cli.insecure_privileged_role {
+            anyhow::bail!("{}", audit.refusal());
+        }
+        tracing::warn!(
+            role = %audit.role,
+            problems = ?audit.problems,
+            "PRIVILEGED DATABASE ROLE (--insecure-privileged-role): any user's SQL can escape the \
+             database or see and stop other users' queries. For a throw-away development database only."
+        );
+    }
     let worker = Worker::new(bus, Arc::new(engine), cli.worker.clone());
     worker
         .listen_for_cancels()

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, MessageStream, ProtocolError};
 use bytestring::ByteString;
-use c2s_shared::bus::{BusEvent, CancelOutcome, Job, Topic};
+use c2s_shared::bus::{BusEvent, CancelOutcome, ExecutionInfo, Job, Topic};
 use c2s_shared::codes::{close, ErrorCode};
 use c2s_shared::metrics as m;
 use c2s_shared::now_ms;
@@ -548,15 +548,35 @@ impl Session {
         Ok(ack(client_id, Some(execution_id)))
     }
 
-    async fn cancel(&mut self, execution_id: &str) -> Result<(), Refusal> {
-        let bus = self.state.bus.clone();
-        let info = bus
+    /// The one authorisation of every client message that names an execution (`cancel_query`,
+    /// `resume`, `subscribe`): it is allowed to the execution's owner and to users whose token grants
+    /// the collaboration session it was run in. Anyone else gets the very `not_found` of an id that
+    /// never existed, so nobody can probe which ids exist.
+    async fn authorize_execution(&self, execution_id: &str) -> Result<ExecutionInfo, Refusal> {
+        let info = self
+            .state
+            .bus
             .execution_info(execution_id)
             .await
             .map_err(unavailable)?;
-        if info.is_none() {
-            return Err(not_found(execution_id));
+        match info {
+            Some(info) if self.may_act_on(&info) => Ok(info),
+            _ => Err(not_found(execution_id)),
         }
+    }
+
+    /// Its owner, or anyone who may join the session it was run in.
+    fn may_act_on(&self, info: &ExecutionInfo) -> bool {
+        info.owner == self.identity.user_id
+            || info
+                .session_id
+                .as_deref()
+                .is_some_and(|s| self.identity.may_join(s))
+    }
+
+    async fn cancel(&mut self, execution_id: &str) -> Result<(), Refusal> {
+        self.authorize_execution(execution_id).await?;
+        let bus = self.state.bus.clone();
         match bus.cancel(execution_id).await.map_err(unavailable)? {
             CancelOutcome::WasQueued => {
                 // No worker will ever write this stream: the gateway writes its one and last event.
@@ -588,26 +608,7 @@ impl Session {
 
     /// `resume` / `subscribe`: follow an existing execution from `afterSeq`.
     async fn follow_existing(&mut self, from: StreamFrom) -> Result<(), Refusal> {
-        let info = self
-            .state
-            .bus
-            .execution_info(&from.execution_id)
-            .await
-            .map_err(unavailable)?;
-        let Some(info) = info else {
-            return Err(not_found(&from.execution_id));
-        };
-        // Its owner, or anyone who may join the session it was run in.
-        let shared_with_me = info
-            .session_id
-            .as_deref()
-            .is_some_and(|s| self.identity.may_join(s));
-        if info.owner != self.identity.user_id && !shared_with_me {
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                format!("execution {} belongs to someone else", from.execution_id),
-            ));
-        }
+        self.authorize_execution(&from.execution_id).await?;
         metrics::counter!(m::RESUMES, "kind" => "execution").increment(1);
         let topic = Topic::Execution(from.execution_id);
         if let Some(previous) = self.streams.remove(&topic) {

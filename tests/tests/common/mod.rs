@@ -663,11 +663,23 @@ fn read_tail(path: &Path, lines: usize) -> String {
 // Per-test database and Redis prefix
 // ---------------------------------------------------------------------------------------------------------
 
-/// A PostgreSQL database created for one test, dropped (best effort) when this is dropped.
+/// A PostgreSQL database created for one test, dropped (best effort) when this is dropped. It is
+/// prepared for workers by the project's own `deploy/postgres/reader-role.sql`.
 pub struct TestDb {
     pub name: String,
+    /// The superuser's URL (the test's own connections, table set-up).
     pub url: String,
+    /// The least-privilege role's URL, the one workers connect with.
+    pub reader_url: String,
 }
+
+/// The login role and password that `deploy/postgres/reader-role.sql` creates.
+pub const READER_ROLE: &str = "chat2sql_reader";
+pub const READER_PASSWORD: &str = "chat2sql-reader-demo";
+
+/// `deploy/postgres/reader-role.sql` changes shared catalogs (the role), which concurrent loads
+/// into several test databases would update at once ("tuple concurrently updated"): one at a time.
+static READER_SCRIPT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl TestDb {
     pub async fn create() -> TestDb {
@@ -682,10 +694,31 @@ impl TestDb {
         .unwrap_or_else(|_| panic!("CREATE DATABASE {name} timed out"))
         .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
         let _ = admin.close().await;
-        TestDb {
-            url: format!("{}/{name}", pg_server_url()),
+        let url = format!("{}/{name}", pg_server_url());
+        let mut reader = url::Url::parse(&url).expect("C2S_TEST_PG_URL is a URL");
+        let _ = reader.set_username(READER_ROLE);
+        let _ = reader.set_password(Some(READER_PASSWORD));
+        let db = TestDb {
+            reader_url: reader.to_string(),
+            url,
             name,
-        }
+        };
+        db.load_reader_role().await;
+        db
+    }
+
+    /// Loads `deploy/postgres/reader-role.sql` into the database (again: it is idempotent).
+    pub async fn load_reader_role(&self) {
+        let script_path = workspace_root().join("deploy/postgres/reader-role.sql");
+        let script = std::fs::read_to_string(&script_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", script_path.display()));
+        let _serialized = READER_SCRIPT_LOCK.lock().await;
+        let mut conn = self.connect().await;
+        tokio::time::timeout(SIDE_CALL_TIMEOUT, sqlx::raw_sql(&script).execute(&mut conn))
+            .await
+            .unwrap_or_else(|_| panic!("loading reader-role.sql into {} timed out", self.name))
+            .unwrap_or_else(|e| panic!("loading reader-role.sql into {}: {e}", self.name));
+        let _ = conn.close().await;
     }
 
     /// A connection of the test's own to the test database.
@@ -795,9 +828,17 @@ pub struct ClusterBuilder {
     database: Option<bool>,
     gateway_args: Vec<String>,
     worker_args: Vec<String>,
+    superuser_workers: bool,
 }
 
 impl ClusterBuilder {
+    /// Workers connect as the superuser (with `--insecure-privileged-role`) instead of the
+    /// least-privilege role of `deploy/postgres/reader-role.sql`.
+    pub fn superuser_workers(mut self) -> Self {
+        self.superuser_workers = true;
+        self
+    }
+
     pub fn gateways(mut self, n: usize) -> Self {
         self.gateways = n;
         self
@@ -875,6 +916,7 @@ impl ClusterBuilder {
             log_dir,
             gateway_args: self.gateway_args,
             worker_args: self.worker_args,
+            superuser_workers: self.superuser_workers,
             next_gateway: 0,
             next_worker: 0,
             _redis_guard: redis_guard,
@@ -926,6 +968,7 @@ pub struct Cluster {
     pub log_dir: PathBuf,
     gateway_args: Vec<String>,
     worker_args: Vec<String>,
+    superuser_workers: bool,
     next_gateway: usize,
     next_worker: usize,
     _redis_guard: Option<RedisPrefixGuard>,
@@ -941,6 +984,7 @@ impl Cluster {
             database: None,
             gateway_args: Vec::new(),
             worker_args: Vec::new(),
+            superuser_workers: false,
         }
     }
 
@@ -972,11 +1016,15 @@ impl Cluster {
     fn next_worker_spec(&mut self, extra: &[&str]) -> (String, Vec<String>) {
         let name = format!("w-{}", self.next_worker);
         self.next_worker += 1;
-        let db_url = self
+        let db = self
             .db
             .as_ref()
-            .map(|d| d.url.clone())
             .expect("a worker needs the per-test database");
+        let db_url = if self.superuser_workers {
+            db.url.clone()
+        } else {
+            db.reader_url.clone()
+        };
         let mut args: Vec<String> = vec![
             "--redis-url".into(),
             redis_url(),
@@ -987,9 +1035,12 @@ impl Cluster {
             "--worker-id".into(),
             name.clone(),
         ];
+        if self.superuser_workers {
+            args.push("--insecure-privileged-role".into());
+        }
         args.extend(self.worker_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
-        // An explicit --database-url(-file) (e.g. a least-privilege role's) replaces the owner's URL.
+        // An explicit --database-url(-file) replaces the default one.
         let explicit = args
             .iter()
             .filter(|a| a.as_str() == "--database-url" || a.as_str() == "--database-url-file")
@@ -2162,6 +2213,16 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// An HS256 JWT of `claims` (the gateway's `--jwt-secret` mode).
+pub fn hs256(claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("encoding a JWT")
 }
 
 // ---------------------------------------------------------------------------------------------------------

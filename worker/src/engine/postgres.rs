@@ -20,6 +20,7 @@
 //! after a clean `ROLLBACK` at a statement boundary.
 
 use std::future::Future;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,7 +29,7 @@ use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::protocol::Column;
 use futures_util::StreamExt;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat};
 use sqlx::{Column as _, Executor, Postgres, Row, Statement, Type, TypeInfo, ValueRef};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -63,10 +64,14 @@ impl PostgresEngine {
         max_connections: u32,
         limits: QueryLimits,
     ) -> Result<PostgresEngine, sqlx::Error> {
+        // No statement cache: a user's prepared query must not stay on a pooled connection, where the
+        // next user could read its text (pg_prepared_statements) or run it (EXECUTE). Each query's
+        // statements are deallocated when its connection goes back to the pool.
+        let options = PgConnectOptions::from_str(url)?.statement_cache_capacity(0);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         let version = pool.acquire().await?.server_version_num().unwrap_or(0);
         let connection_checks = version >= CHECK_INTERVAL_VERSION;
@@ -292,10 +297,10 @@ impl Conn {
     async fn finish(mut self, statement_ended: bool) {
         let Some(mut pg) = self.pg.take() else { return };
         if statement_ended && self.reusable {
-            // Ends the transaction (everything was read-only) and drops session-level advisory locks,
-            // the one thing a SELECT can leave behind on a connection.
+            // Ends the transaction (everything was read-only), drops session-level advisory locks (what
+            // a SELECT can leave behind) and the query's prepared statements (its text).
             let reset = (&mut *pg)
-                .execute("ROLLBACK; SELECT pg_advisory_unlock_all()")
+                .execute("ROLLBACK; SELECT pg_advisory_unlock_all(); DEALLOCATE ALL")
                 .await;
             if reset.is_ok() {
                 return;

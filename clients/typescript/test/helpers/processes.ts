@@ -2,14 +2,45 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 
 const targetDir = join(homedir(), '.cache/chat2sql-realtime/target/debug');
 export const GATEWAY_BIN = process.env.C2S_GATEWAY_BIN ?? join(targetDir, 'gateway');
 export const WORKER_BIN = process.env.C2S_WORKER_BIN ?? join(targetDir, 'worker');
 export const REDIS_URL = process.env.C2S_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-export const DATABASE_URL = process.env.C2S_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+/** The PostgreSQL server the tests use (its superuser, for set-up only). */
+const PG_ADMIN = process.env.C2S_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432';
+/** The database the SDK tests' workers query, prepared by the project's own reader-role.sql. */
+const SDK_DATABASE = 'c2s_sdk_tests';
+// From the module's own path (a string: jsdom's URL class is not node's).
+const READER_SCRIPT = join(dirname(fileURLToPath(import.meta.url)), '../../../../deploy/postgres/reader-role.sql');
+let readerUrl: string | undefined;
+
+/**
+ * The URL workers connect with: `C2S_TEST_DATABASE_URL`, else the least-privilege role of
+ * deploy/postgres/reader-role.sql on a database of the SDK tests (created and prepared on first use;
+ * the worker refuses a superuser).
+ */
+export function databaseUrl(): string {
+  if (process.env.C2S_TEST_DATABASE_URL) return process.env.C2S_TEST_DATABASE_URL;
+  if (readerUrl) return readerUrl;
+  // Another test process may create or prepare it at the same moment: retry what collided.
+  for (let attempt = 1; ; attempt++) {
+    spawnSync('psql', [`${PG_ADMIN}/postgres`, '-qc', `CREATE DATABASE ${SDK_DATABASE}`], { stdio: 'ignore' });
+    const load = spawnSync('psql', [`${PG_ADMIN}/${SDK_DATABASE}`, '-q', '-v', 'ON_ERROR_STOP=1', '-f', READER_SCRIPT], {
+      encoding: 'utf8',
+    });
+    if (load.status === 0) break;
+    if (attempt >= 5) throw new Error(`loading ${READER_SCRIPT}: ${load.stderr}`);
+  }
+  const url = new URL(`${PG_ADMIN}/${SDK_DATABASE}`);
+  url.username = 'chat2sql_reader';
+  url.password = 'chat2sql-reader-demo';
+  readerUrl = url.toString();
+  return readerUrl;
+}
 
 export interface Proc {
   readonly proc: ChildProcess;
@@ -93,7 +124,7 @@ async function gateway(args: string[]): Promise<Gateway> {
 
 /** A worker on Redis + PostgreSQL. */
 export async function startWorker(prefix: string, args: string[] = []): Promise<Proc> {
-  const { proc } = await launch(WORKER_BIN, ['--redis-url', REDIS_URL, '--key-prefix', prefix, '--database-url', DATABASE_URL, ...args], /READY/);
+  const { proc } = await launch(WORKER_BIN, ['--redis-url', REDIS_URL, '--key-prefix', prefix, '--database-url', databaseUrl(), ...args], /READY/);
   return proc;
 }
 
