@@ -13,6 +13,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::config::ResolvedOptions;
+use crate::failure::Failure;
+use crate::pg_text::json_string;
+use crate::publisher::Publisher;
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent};
 use c2s_shared::codes::QueryErrorCode;
@@ -22,11 +26,6 @@ use c2s_shared::protocol::{
     ServerMessage,
 };
 use c2s_shared::telemetry;
-use tracing::Instrument;
-
-use crate::config::ResolvedOptions;
-use crate::failure::Failure;
-use crate::pg_text::json_string;
 
 /// The one writer of an execution's event stream: numbers events 1, 2, 3… and publishes them in order.
 pub struct EventSink {
@@ -37,6 +36,8 @@ pub struct EventSink {
     progress: u8,
     /// When the query started (for the first-chunk latency).
     started: Instant,
+    /// Publishes the events in order while the next ones are built (created with the first event).
+    publisher: Option<Publisher>,
 }
 
 impl EventSink {
@@ -48,6 +49,7 @@ impl EventSink {
             seq: 0,
             progress: 0,
             started: Instant::now(),
+            publisher: None,
         }
     }
 
@@ -73,7 +75,8 @@ impl EventSink {
         self.seq
     }
 
-    /// Publishes one event; returns the size of its encoded frame.
+    /// Publishes one event; returns the size of its encoded frame. A terminal event returns once it and
+    /// every event before it are on the bus; others may still be on their way (see [`Publisher`]).
     pub async fn emit(&mut self, message: ServerMessage) -> Result<usize, BusError> {
         let kind = message.type_name();
         let terminal = message.is_terminal();
@@ -132,13 +135,17 @@ impl EventSink {
             terminal,
             frame: ByteString::from(encode(seq, traceparent)),
         };
-        let publish = self.bus.publish_event(&self.execution_id, &event);
-        match span {
-            Some(span) => publish.instrument(span).await?,
-            None => publish.await?,
+        let size = event.frame.len();
+        let (bus, execution_id) = (&self.bus, &self.execution_id);
+        let publisher = self
+            .publisher
+            .get_or_insert_with(|| Publisher::new(bus.clone(), execution_id.clone()));
+        publisher.send(event, span).await?;
+        if terminal {
+            publisher.flush().await?;
         }
         self.seq = seq;
-        Ok(event.frame.len())
+        Ok(size)
     }
 
     /// Emits `query_progress`; `progress` never goes down (a lower value is raised to the last one).
@@ -280,12 +287,6 @@ impl<'a> Chunker<'a> {
     /// Rows accepted so far.
     pub fn total_rows(&self) -> u64 {
         self.total_rows
-    }
-
-    /// Average bytes of a row's JSON so far (0 before the first).
-    pub fn average_row_bytes(&self) -> u64 {
-        let bytes = self.total_bytes + self.data.len() as u64;
-        bytes.checked_div(self.total_rows).unwrap_or(0)
     }
 
     /// Offers one row: `cell(i, out)` writes column `i`'s value as JSON into `out`. Returns

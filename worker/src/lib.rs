@@ -8,6 +8,7 @@ pub mod engine;
 pub mod events;
 pub mod failure;
 mod pg_text;
+mod publisher;
 pub mod role_check;
 pub mod runner;
 mod sql_json;

@@ -5,9 +5,9 @@
 //!    that checks it is one statement and gives the columns and their types.
 //! 2. `DECLARE c2s_cursor NO SCROLL CURSOR FOR <query>` binds the params; then `FETCH FORWARD n` in the
 //!    simple protocol returns every column in PostgreSQL's **text** format, which [`Rule`] maps to JSON
-//!    (so every type with a text form is sent, byte for byte as `::text` writes it). The first FETCH is
-//!    one chunk plus one row (the read-ahead that makes `totalRows` exact for small results), later ones
-//!    aim at a few MiB each; a FETCH that returns fewer rows than asked ends the result.
+//!    (so every type with a text form is sent, byte for byte as psql shows it). The first FETCH is one
+//!    chunk plus one row (the read-ahead that makes `totalRows` exact for small results), the second
+//!    the rest up to the row cap; a FETCH that returns fewer rows than asked ends the result.
 //! 3. A statement that cannot be a cursor (`EXPLAIN`, `SHOW`, writes that the read-only transaction
 //!    refuses) runs directly; its connection is closed afterwards, so no session state it may have left
 //!    (prepared statements, …) reaches another user's query.
@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use c2s_shared::bus::Job;
 use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::protocol::Column;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat};
 use sqlx::{Column as _, Executor, Postgres, Row, Statement, Type, TypeInfo, ValueRef};
@@ -40,10 +40,6 @@ use crate::events::{Chunker, EventSink, Pushed, PROGRESS_EXECUTING};
 use crate::pg_text::Rule;
 
 const DECLARE_PREFIX: &str = "DECLARE c2s_cursor NO SCROLL CURSOR FOR ";
-/// Rows of one FETCH after the read-ahead aim at about this many bytes of JSON.
-const FETCH_TARGET_BYTES: u64 = 4 << 20;
-/// Most rows one FETCH asks for.
-const MAX_FETCH_ROWS: u64 = 100_000;
 /// How long after the query's deadline the worker gives up on a statement itself: PostgreSQL's own
 /// `statement_timeout` (set to the time left before each FETCH) normally ends it first, with SQLSTATE
 /// 57014. Pauses between statements (a slow reader) end exactly at the deadline.
@@ -160,11 +156,7 @@ impl PostgresEngine {
             estimate_rows(pg, limits, &job.query, params).await?
         };
         sink.progress(PROGRESS_EXECUTING, "executing", None).await?;
-        let mut rows = RowEncoder::new(&columns, &types, options.max_value_bytes);
-        #[cfg(debug_assertions)]
-        {
-            rows.panic_on = self.limits.debug_panic_on_value.clone();
-        }
+        let rows = RowEncoder::new(&columns, &types, options.max_value_bytes, &self.limits);
         let mut chunker = Chunker::new(sink, columns, estimated_rows, options);
         let declare = format!("{DECLARE_PREFIX}{}", job.query);
         let declared = limits
@@ -343,7 +335,7 @@ async fn stream_cursor(
         );
         let mut stream = (&mut *pg).fetch(fetch.as_str());
         let mut got = 0u64;
-        while let Some(row) = limits.run(next_row(&mut stream)).await? {
+        while let Some(row) = next_row(limits, &mut stream).await? {
             got += 1;
             if rows.push(chunker, &row).await? == Pushed::Full {
                 let mid_statement = got < want;
@@ -359,11 +351,12 @@ async fn stream_cursor(
                 mid_statement: false,
             });
         }
-        let remaining = max_rows.saturating_sub(chunker.total_rows());
-        let per_row = chunker.average_row_bytes().max(1);
-        want = (FETCH_TARGET_BYTES / per_row)
-            .clamp(chunker.chunk_rows(), MAX_FETCH_ROWS)
-            .min(remaining.saturating_add(1));
+        // The rest in one FETCH, up to the row cap (and one row to see whether it is reached): PostgreSQL
+        // streams it while the worker encodes, with no idle gap between batches; a stop before its end
+        // (cancel, byte cap) closes the connection, which also stops the statement.
+        want = max_rows
+            .saturating_sub(chunker.total_rows())
+            .saturating_add(1);
     }
 }
 
@@ -385,7 +378,7 @@ async fn stream_direct(
             .persistent(false)
             .fetch(&mut *pg)
     };
-    while let Some(row) = limits.run(next_row(&mut stream)).await? {
+    while let Some(row) = next_row(limits, &mut stream).await? {
         if rows.push(chunker, &row).await? == Pushed::Full {
             return Ok(Streamed {
                 truncated: true,
@@ -399,10 +392,19 @@ async fn stream_direct(
     })
 }
 
+/// The next row of a statement's stream. A row already received is taken at once (only the cancel
+/// flag is looked at); waiting for one races the cancel and the deadline, like every statement.
 async fn next_row(
+    limits: &Interrupts<'_>,
     stream: &mut (impl futures_util::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin),
-) -> Result<Option<PgRow>, sqlx::Error> {
-    stream.next().await.transpose()
+) -> Result<Option<PgRow>, Failure> {
+    if limits.cancel.is_cancelled() {
+        return Err(Failure::Cancelled);
+    }
+    match stream.next().now_or_never() {
+        Some(ready) => ready.transpose().map_err(Failure::from_sqlx),
+        None => limits.run(async { stream.next().await.transpose() }).await,
+    }
 }
 
 /// Turns rows into JSON with each column's rule, and enforces the largest value.
@@ -417,14 +419,19 @@ struct RowEncoder {
 }
 
 impl RowEncoder {
-    fn new(columns: &[Column], types: &[PgTypeInfo], max_value_bytes: usize) -> RowEncoder {
+    fn new(
+        columns: &[Column],
+        types: &[PgTypeInfo],
+        max_value_bytes: usize,
+        #[cfg_attr(not(debug_assertions), allow(unused_variables))] limits: &QueryLimits,
+    ) -> RowEncoder {
         RowEncoder {
             names: columns.iter().map(|c| c.name.clone()).collect(),
             type_names: columns.iter().map(|c| c.type_name.clone()).collect(),
             rules: types.iter().map(Rule::for_type).collect(),
             max_value_bytes,
             #[cfg(debug_assertions)]
-            panic_on: None,
+            panic_on: limits.debug_panic_on_value.clone(),
         }
     }
 
