@@ -17,8 +17,16 @@ impl SecretUrl {
         &self.0
     }
 
-    /// The URL with its password (if any) replaced by `***`.
+    /// The URL with its password (if any) replaced by `***` (each URL of a comma-separated list).
     pub fn masked(&self) -> String {
+        if self.0.contains(',') {
+            let parts: Vec<String> = self
+                .0
+                .split(',')
+                .map(|p| SecretUrl(p.trim().to_owned()).masked())
+                .collect();
+            return parts.join(",");
+        }
         match url::Url::parse(&self.0) {
             Ok(mut u) if u.password().is_some() => {
                 let _ = u.set_password(Some("***"));
@@ -88,9 +96,33 @@ impl FromStr for Secret {
 /// Where the bus lives and how long it keeps things.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BusArgs {
-    /// Redis URL, e.g. redis://127.0.0.1:6379. On the gateway, leaving it unset selects embedded mode.
+    /// Redis URL, e.g. redis://127.0.0.1:6379 (rediss:// for TLS); with --redis-cluster a comma-separated
+    /// list of seed nodes. On the gateway, leaving it unset selects embedded mode.
     #[arg(long, env = "C2S_REDIS_URL")]
     pub redis_url: Option<SecretUrl>,
+
+    /// The Redis behind --redis-url is a Redis Cluster (Redis >= 7.0; Valkey works the same way).
+    #[arg(long, env = "C2S_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+
+    /// Replicas each job and event write waits for (Redis WAIT) before it counts as published; unset: 1
+    /// with --redis-cluster, else 0. 0 turns it off.
+    #[arg(long, env = "C2S_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// Longest a write waits for those replicas (ms); past it the write stands, with a warning.
+    #[arg(long, env = "C2S_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
+
+    /// How long (ms) a worker retries publishing an event while Redis fails over.
+    #[arg(long, env = "C2S_PUBLISH_RETRY_MS", default_value_t = 10_000)]
+    pub publish_retry_ms: u64,
+
+    /// An execution accepted but whose job was never recorded as queued this long (ms) was abandoned by a
+    /// crashed gateway: it ends with an error instead of waiting.
+    #[arg(long, env = "C2S_ENQUEUE_GRACE_MS", default_value_t = 30_000)]
+    pub enqueue_grace_ms: u64,
 
     /// Prefix of every Redis key and channel (lets deployments and tests share one Redis).
     #[arg(long, env = "C2S_KEY_PREFIX", default_value = "c2s")]
@@ -141,6 +173,12 @@ impl BusArgs {
             session_ttl: Duration::from_secs(self.session_ttl_secs),
             session_event_max_len: self.session_event_max_len,
             chat_max_len: self.chat_max_len,
+            wait_replicas: self
+                .redis_wait_replicas
+                .unwrap_or(u32::from(self.redis_cluster)),
+            wait_timeout: Duration::from_millis(self.redis_wait_timeout_ms),
+            publish_retry: Duration::from_millis(self.publish_retry_ms),
+            enqueue_grace: Duration::from_millis(self.enqueue_grace_ms),
         }
     }
 
@@ -149,7 +187,8 @@ impl BusArgs {
         let url = self.redis_url.as_ref().ok_or_else(|| {
             BusError::Unavailable("--redis-url / C2S_REDIS_URL is not set".into())
         })?;
-        let bus: Arc<dyn Bus> = RedisBus::connect(url.expose(), self.settings()).await?;
+        let bus: Arc<dyn Bus> =
+            RedisBus::connect(url.expose(), self.redis_cluster, self.settings()).await?;
         Ok(bus)
     }
 }
@@ -204,5 +243,10 @@ mod tests {
         assert!(!r.to_string().contains("pw@"));
         let plain: SecretUrl = "redis://127.0.0.1:6379".parse().unwrap();
         assert_eq!(plain.masked(), "redis://127.0.0.1:6379");
+        let seeds: SecretUrl = "redis://:pw@10.0.0.1:7001, rediss://:pw@10.0.0.2:7002"
+            .parse()
+            .unwrap();
+        assert!(!seeds.masked().contains("pw@"), "{}", seeds.masked());
+        assert_eq!(seeds.masked().split(',').count(), 2);
     }
 }

@@ -1,5 +1,11 @@
 //! Every Redis key and channel name, in one place. All of them start with the configured prefix, so
 //! several deployments (or parallel tests) can share one Redis without touching each other.
+//!
+//! Invariants (Redis Cluster): every key and live channel of one entity carries the same hash tag —
+//! `{e:<id>}` for an execution, `{s:<id>}` for a session, `{u:<id>}` for a user, `{n:<id>}` for a gateway
+//! node, `{jobs}` for the job queue — so each entity lives in one slot and each Lua script, which only
+//! touches one entity, touches one slot. The prefix itself must not contain `{` or `}` (it would become
+//! the tag of every key: [`Keys::new`] refuses it). Nothing else (Lua included) builds or parses a key.
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -9,11 +15,25 @@ pub struct Keys {
 /// The consumer group that all workers read the job stream with.
 pub const WORKER_GROUP: &str = "workers";
 
+/// Why a key prefix was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the key prefix {0:?} must not contain `{{` or `}}` (Redis Cluster hash tags)")]
+pub struct BadPrefix(pub String);
+
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
         }
+    }
+
+    /// Like [`Keys::new`], but refuses a prefix that would hash-tag every key into one slot.
+    pub fn checked(prefix: impl Into<String>) -> Result<Self, BadPrefix> {
+        let prefix = prefix.into();
+        if prefix.contains(['{', '}']) {
+            return Err(BadPrefix(prefix));
+        }
+        Ok(Keys { prefix })
     }
 
     pub fn prefix(&self) -> &str {
@@ -22,42 +42,57 @@ impl Keys {
 
     /// Stream of query jobs, read by the worker consumer group.
     pub fn jobs(&self) -> String {
-        format!("{}:jobs", self.prefix)
+        format!("{}:{{jobs}}", self.prefix)
     }
 
-    /// Hash with an execution's lifecycle state (`queued`/`running`/`done`/`cancelled`) and owner.
+    /// Hash with an execution's lifecycle state (`pending`/`queued`/`running`/`done`/`cancelled`/`lost`),
+    /// owner, session, creation time, job id and the last `seq` written to its log.
     pub fn execution(&self, execution_id: &str) -> String {
-        format!("{}:exec:{execution_id}", self.prefix)
+        format!("{}:{{e:{execution_id}}}", self.prefix)
     }
 
     /// Capped stream of an execution's events, entry id `<seq>-0`: what `resume` replays.
     pub fn execution_events(&self, execution_id: &str) -> String {
-        format!("{}:exec:{execution_id}:events", self.prefix)
+        format!("{}:{{e:{execution_id}}}:events", self.prefix)
     }
 
-    /// Pub/sub channel carrying an execution's events live.
+    /// Sharded pub/sub channel carrying an execution's events live (same slot as its log).
     pub fn execution_channel(&self, execution_id: &str) -> String {
-        format!("{}:exec:{execution_id}:live", self.prefix)
+        format!("{}:{{e:{execution_id}}}:live", self.prefix)
     }
 
-    /// Pub/sub channel on which workers hear cancel requests (payload: execution id).
+    /// Classic pub/sub channel on which workers hear cancel requests (payload: execution id).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
     }
 
-    /// Base of every key of a collaboration session: `<base>:seq`, `:events` (stream, entry id `<seq>-0`),
-    /// `:live` (channel), `:participants`, `:query`, `:cursors` (hashes), `:chat` (stream), `:chatid:<id>`.
-    /// The session scripts derive the rest from it.
-    pub fn session(&self, session_id: &str) -> String {
-        format!("{}:session:{session_id}", self.prefix)
+    /// Every key of a collaboration session, in the order the session scripts take them as KEYS[1..7].
+    pub fn session_keys(&self, session_id: &str) -> [String; 7] {
+        let base = format!("{}:{{s:{session_id}}}", self.prefix);
+        [
+            format!("{base}:seq"),
+            format!("{base}:events"),
+            format!("{base}:live"),
+            format!("{base}:participants"),
+            format!("{base}:query"),
+            format!("{base}:cursors"),
+            format!("{base}:chat"),
+        ]
     }
 
+    /// Stream of a session's events, entry id `<seq>-0`.
     pub fn session_events(&self, session_id: &str) -> String {
-        format!("{}:events", self.session(session_id))
+        format!("{}:{{s:{session_id}}}:events", self.prefix)
     }
 
+    /// Sharded pub/sub channel of a session's events.
     pub fn session_channel(&self, session_id: &str) -> String {
-        format!("{}:live", self.session(session_id))
+        format!("{}:{{s:{session_id}}}:live", self.prefix)
+    }
+
+    /// Dedup record of a chat message id in a session.
+    pub fn session_chat_id(&self, session_id: &str, message_id: &str) -> String {
+        format!("{}:{{s:{session_id}}}:chatid:{message_id}", self.prefix)
     }
 
     /// The log (stream) of a topic's events.
@@ -68,7 +103,7 @@ impl Keys {
         }
     }
 
-    /// The live channel of a topic's events.
+    /// The live (sharded) channel of a topic's events.
     pub fn topic_channel(&self, topic: &crate::bus::Topic) -> String {
         match topic {
             crate::bus::Topic::Execution(id) => self.execution_channel(id),
@@ -76,7 +111,7 @@ impl Keys {
         }
     }
 
-    /// Pub/sub channel of operator notices for every client on every node.
+    /// Classic pub/sub channel of operator notices for every client on every node.
     pub fn notices(&self) -> String {
         format!("{}:notices", self.prefix)
     }
@@ -88,16 +123,51 @@ impl Keys {
 
     /// Set of `<sessionId>\t<participantId>` connected through one node (reaped when the node dies).
     pub fn node_participants(&self, node_id: &str) -> String {
-        format!("{}:node:{node_id}:participants", self.prefix)
+        format!("{}:{{n:{node_id}}}:participants", self.prefix)
     }
 
     /// Sorted set of a user's unfinished executions, scored by a lease deadline (ms): the per-user cap.
     pub fn user_running(&self, user: &str) -> String {
-        format!("{}:user:{user}:running", self.prefix)
+        format!("{}:{{u:{user}}}:running", self.prefix)
     }
 
     /// Idempotency record of a client message id, per user.
     pub fn idempotency(&self, user: &str, client_id: &str) -> String {
-        format!("{}:idem:{user}:{client_id}", self.prefix)
+        format!("{}:{{u:{user}}}:idem:{client_id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes: the text between the first `{` and the next `}`.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("tagged");
+        let close = key[open..].find('}').expect("closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn each_entity_has_one_tag() {
+        let k = Keys::new("c2s");
+        let e = [
+            k.execution("x"),
+            k.execution_events("x"),
+            k.execution_channel("x"),
+        ];
+        assert!(e.iter().all(|key| tag(key) == "e:x"), "{e:?}");
+        let mut s = k.session_keys("s1").to_vec();
+        s.extend([
+            k.session_events("s1"),
+            k.session_channel("s1"),
+            k.session_chat_id("s1", "m"),
+        ]);
+        assert!(s.iter().all(|key| tag(key) == "s:s1"), "{s:?}");
+        assert_eq!(tag(&k.user_running("ann")), "u:ann");
+        assert_eq!(tag(&k.idempotency("ann", "c-1")), "u:ann");
+        assert_eq!(tag(&k.node_participants("gw")), "n:gw");
+        assert_eq!(tag(&k.jobs()), "jobs");
+        assert!(Keys::checked("a{b").is_err() && Keys::checked("t-1").is_ok());
     }
 }

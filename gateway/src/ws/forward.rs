@@ -4,14 +4,22 @@
 //!
 //! The live subscription is taken *before* the log is read, so nothing published in between is missed;
 //! events already sent are skipped by `seq`. A gap in the live feed (a lagging local broadcast, a pub/sub
-//! reconnect) is filled from the log, and a quiet feed is re-checked against the log every
-//! `resync_interval` so a lost live message can only delay an event, never drop it.
+//! reconnect, a resubscription after a Redis failover or slot move: [`RESYNC`]) is filled from the log,
+//! and a quiet feed is re-checked against the log every `resync_interval` so a lost live message can only
+//! delay an event, never drop it.
+//!
+//! What cannot be filled ends the stream with an explicit `error` naming it, never a silent skip or an
+//! endless wait: an execution's log with a hole (events lost in a failover, or trimmed) gives `not_found`
+//! with the missing range and `afterSeq`; a log that ends before what this client already saw
+//! (a failover lost them) gives `unavailable`; an execution whose job will never run is ended by the bus
+//! with a terminal `query_error` ([`Bus::end_if_orphaned`]). A session's trimmed history is reported and
+//! skipped (the snapshot of a rejoin covers it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
-use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic};
+use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic, RESYNC};
 use c2s_shared::codes::ErrorCode;
 use c2s_shared::protocol::{ErrorBody, ServerFrame, ServerMessage};
 
@@ -99,6 +107,8 @@ impl Forward {
                     Flow::Continue => self.check_exists().await?,
                     done => done,
                 },
+                // The channel was resubscribed: what was published meanwhile is in the log.
+                Ok(Ok(bytes)) if bytes.as_ref() == RESYNC => self.catch_up().await?,
                 Ok(Ok(bytes)) => {
                     let event = BusEvent::decode(&bytes)?;
                     if event.seq <= self.after_seq {
@@ -131,7 +141,12 @@ impl Forward {
             let full_batch = events.len() >= self.replay_batch;
             for event in events {
                 if event.seq > self.after_seq + 1 {
-                    // Trimmed from the log (older than the cap or the TTL): say so, then go on.
+                    if let Topic::Execution(_) = self.topic {
+                        // Lost (a failover) or trimmed: the client's result cannot be complete.
+                        self.end_at_gap(event.seq).await;
+                        return Ok(Flow::Done);
+                    }
+                    // A session's trimmed history: say so, then go on.
                     self.notify_gap(event.seq).await;
                 }
                 if let Flow::Done = self.send(event).await {
@@ -150,15 +165,44 @@ impl Forward {
         let Topic::Execution(id) = &self.topic else {
             return Ok(Flow::Continue);
         };
-        if self.bus.execution_info(id).await?.is_some() {
-            return Ok(Flow::Continue);
+        let Some(info) = self.bus.execution_info(id).await? else {
+            let message = format!(
+                "execution {id} no longer exists (expired, or its state was lost); run it again"
+            );
+            self.send_stream_end(ErrorCode::NotFound, message, None)
+                .await;
+            return Ok(Flow::Done);
+        };
+        if info.seq < self.after_seq {
+            let message = format!(
+                "events {}..{} of execution {id}, already sent, are no longer in its log (lost in a \
+                 Redis failover); the stream cannot continue consistently: run the query again",
+                info.seq + 1,
+                self.after_seq
+            );
+            let after = Some(self.after_seq);
+            self.send_stream_end(ErrorCode::Unavailable, message, after)
+                .await;
+            return Ok(Flow::Done);
         }
+        if matches!(info.state.as_str(), "pending" | "queued") && self.bus.end_if_orphaned(id).await? {
+            return self.catch_up().await;
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The next event in an execution's log is `next`, not `after_seq + 1`: end with the missing range.
+    async fn end_at_gap(&mut self, next: u64) {
         let message = format!(
-            "execution {id} no longer exists (expired, or its state was lost); run it again"
+            "events {}..{} of {} are missing from its log (lost in a Redis failover, or no longer \
+             retained); the result is incomplete: run the query again",
+            self.after_seq + 1,
+            next - 1,
+            self.topic
         );
-        self.send_stream_end(ErrorCode::NotFound, message, None)
+        let after = Some(self.after_seq);
+        self.send_stream_end(ErrorCode::NotFound, message, after)
             .await;
-        Ok(Flow::Done)
     }
 
     async fn send(&mut self, event: BusEvent) -> Flow {

@@ -1,10 +1,13 @@
 //! One subscription per channel per node, fanned out to every local subscriber.
 //!
 //! Subscribers get a [`Subscription`] (a broadcast receiver); the first subscriber of a channel makes the
-//! node subscribe upstream (Redis `SUBSCRIBE`), the last one to drop makes it unsubscribe. Upstream
+//! node subscribe upstream (Redis `SUBSCRIBE` or, for a [`ChannelKind::Sharded`] channel, `SSUBSCRIBE`),
+//! the last one to drop makes it unsubscribe. Upstream
 //! (un)subscriptions are done one at a time by a control task, so a drop and a re-subscribe of the same
 //! channel can never cross. A subscriber that falls more than `capacity` messages behind sees
-//! `RecvError::Lagged` and is expected to re-read the durable stream (no unbounded buffering here).
+//! `RecvError::Lagged` and is expected to re-read the durable stream (no unbounded buffering here). After
+//! an upstream subscription was re-established, its subscribers receive [`RESYNC`] (an empty payload,
+//! never a real message): they may have missed messages and re-read the stream too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,11 +17,23 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::BusError;
 
+/// The payload a subscriber receives when its channel's upstream subscription was re-established and
+/// messages may have been missed meanwhile (real messages are never empty).
+pub const RESYNC: &[u8] = b"";
+
+/// Classic pub/sub (delivered cluster-wide: node-wide channels such as cancel and notices) or sharded
+/// pub/sub (served by the channel's slot: the live feed of an execution or a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    Classic,
+    Sharded,
+}
+
 /// The upstream side of the hub: Redis pub/sub, or nothing for the in-process bus.
 #[async_trait::async_trait]
 pub trait Upstream: Send + 'static {
-    async fn subscribe(&mut self, channel: &str) -> Result<(), BusError>;
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), BusError>;
+    async fn subscribe(&mut self, channel: &str, kind: ChannelKind) -> Result<(), BusError>;
+    async fn unsubscribe(&mut self, channel: &str, kind: ChannelKind) -> Result<(), BusError>;
 }
 
 /// No upstream: publishers call [`Hub::deliver`] directly.
@@ -26,10 +41,10 @@ pub struct Local;
 
 #[async_trait::async_trait]
 impl Upstream for Local {
-    async fn subscribe(&mut self, _channel: &str) -> Result<(), BusError> {
+    async fn subscribe(&mut self, _channel: &str, _kind: ChannelKind) -> Result<(), BusError> {
         Ok(())
     }
-    async fn unsubscribe(&mut self, _channel: &str) -> Result<(), BusError> {
+    async fn unsubscribe(&mut self, _channel: &str, _kind: ChannelKind) -> Result<(), BusError> {
         Ok(())
     }
 }
@@ -37,11 +52,13 @@ impl Upstream for Local {
 struct Entry {
     sender: broadcast::Sender<Bytes>,
     subscribers: usize,
+    kind: ChannelKind,
 }
 
 enum Control {
     Subscribe(
         String,
+        ChannelKind,
         oneshot::Sender<Result<broadcast::Receiver<Bytes>, BusError>>,
     ),
     Release(String),
@@ -81,10 +98,14 @@ impl Hub {
         Hub { channels, control }
     }
 
-    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        kind: ChannelKind,
+    ) -> Result<Subscription, BusError> {
         let (tx, rx) = oneshot::channel();
         self.control
-            .send(Control::Subscribe(channel.to_owned(), tx))
+            .send(Control::Subscribe(channel.to_owned(), kind, tx))
             .map_err(|_| BusError::Closed)?;
         let receiver = rx.await.map_err(|_| BusError::Closed)??;
         Ok(Subscription {
@@ -102,10 +123,19 @@ impl Hub {
         }
     }
 
-    /// Channels this node is subscribed to (to re-subscribe after an upstream reconnect).
-    pub fn channels(&self) -> Vec<String> {
+    /// Tells the local subscribers of `channel` that they may have missed messages ([`RESYNC`]).
+    pub fn resync(&self, channel: &str) {
+        self.deliver(channel, Bytes::from_static(RESYNC));
+    }
+
+    /// Channels of `kind` this node is subscribed to (to re-subscribe after an upstream reconnect).
+    pub fn channels(&self, kind: ChannelKind) -> Vec<String> {
         let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.keys().cloned().collect()
+        channels
+            .iter()
+            .filter(|(_, e)| e.kind == kind)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 }
 
@@ -117,7 +147,7 @@ async fn control_loop(
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
-            Control::Subscribe(channel, reply) => {
+            Control::Subscribe(channel, kind, reply) => {
                 let existing = {
                     let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
                     map.get_mut(&channel).map(|e| {
@@ -127,7 +157,7 @@ async fn control_loop(
                 };
                 let result = match existing {
                     Some(rx) => Ok(rx),
-                    None => match upstream.subscribe(&channel).await {
+                    None => match upstream.subscribe(&channel, kind).await {
                         Ok(()) => {
                             let (sender, rx) = broadcast::channel(capacity);
                             let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,6 +166,7 @@ async fn control_loop(
                                 Entry {
                                     sender,
                                     subscribers: 1,
+                                    kind,
                                 },
                             );
                             Ok(rx)
@@ -151,17 +182,14 @@ async fn control_loop(
                     match map.get_mut(&channel) {
                         Some(e) if e.subscribers > 1 => {
                             e.subscribers -= 1;
-                            false
+                            None
                         }
-                        Some(_) => {
-                            map.remove(&channel);
-                            true
-                        }
-                        None => false,
+                        Some(_) => map.remove(&channel).map(|e| e.kind),
+                        None => None,
                     }
                 };
-                if last {
-                    if let Err(e) = upstream.unsubscribe(&channel).await {
+                if let Some(kind) = last {
+                    if let Err(e) = upstream.unsubscribe(&channel, kind).await {
                         tracing::warn!(%channel, error = %e, "unsubscribe failed");
                     }
                 }
@@ -177,16 +205,17 @@ mod tests {
     #[tokio::test]
     async fn fans_out_and_releases() {
         let hub = Hub::new(Local, 16);
-        let mut a = hub.subscribe("c").await.unwrap();
-        let mut b = hub.subscribe("c").await.unwrap();
+        let mut a = hub.subscribe("c", ChannelKind::Sharded).await.unwrap();
+        let mut b = hub.subscribe("c", ChannelKind::Sharded).await.unwrap();
         hub.deliver("c", Bytes::from_static(b"hi"));
         assert_eq!(a.receiver.recv().await.unwrap(), "hi");
         assert_eq!(b.receiver.recv().await.unwrap(), "hi");
         drop(a);
         drop(b);
         // Releases are processed in order by the control task: a later subscribe still works.
-        let mut c = hub.subscribe("c").await.unwrap();
-        assert_eq!(hub.channels(), vec!["c".to_string()]);
+        let mut c = hub.subscribe("c", ChannelKind::Sharded).await.unwrap();
+        assert_eq!(hub.channels(ChannelKind::Sharded), vec!["c".to_string()]);
+        assert!(hub.channels(ChannelKind::Classic).is_empty());
         hub.deliver("c", Bytes::from_static(b"again"));
         assert_eq!(c.receiver.recv().await.unwrap(), "again");
     }

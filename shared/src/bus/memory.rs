@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
-use super::hub::{Hub, Local, Subscription};
+use super::hub::{ChannelKind, Hub, Local, Subscription};
 use super::{
     with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job,
     JoinOutcome, JoinRequest, SessionSnapshot, TakeOver, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
@@ -179,6 +179,7 @@ impl Bus for MemoryBus {
                 owner: e.owner.clone(),
                 state: e.state.to_owned(),
                 session_id: e.session_id.clone(),
+                seq: e.events.back().map_or(0, |ev| ev.seq),
             }))
     }
 
@@ -228,7 +229,9 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
-        self.hub.subscribe(&self.keys.topic_channel(topic)).await
+        self.hub
+            .subscribe(&self.keys.topic_channel(topic), ChannelKind::Sharded)
+            .await
     }
 
     async fn next_job(
@@ -325,7 +328,9 @@ impl Bus for MemoryBus {
     }
 
     async fn cancel_requests(&self) -> Result<Subscription, BusError> {
-        self.hub.subscribe(&self.keys.cancel_channel()).await
+        self.hub
+            .subscribe(&self.keys.cancel_channel(), ChannelKind::Classic)
+            .await
     }
 
     async fn session_join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
@@ -459,7 +464,9 @@ impl Bus for MemoryBus {
     }
 
     async fn notices(&self) -> Result<Subscription, BusError> {
-        self.hub.subscribe(&self.keys.notices()).await
+        self.hub
+            .subscribe(&self.keys.notices(), ChannelKind::Classic)
+            .await
     }
 
     // One process, one node: nobody else to watch.

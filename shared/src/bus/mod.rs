@@ -1,6 +1,7 @@
 //! The message bus between gateways and workers, behind one trait with two implementations:
-//! - [`RedisBus`]: Redis Streams for what must not be lost (jobs, per-execution event logs), pub/sub for
-//!   live fan-out, Lua scripts for the execution state machine. Used by every networked deployment.
+//! - [`RedisBus`]: Redis Streams for what must not be lost (jobs, per-execution event logs), sharded
+//!   pub/sub for live fan-out, Lua scripts for the execution state machine; on one Redis or a Redis
+//!   Cluster. Used by every networked deployment.
 //! - [`MemoryBus`]: the same semantics in one process, for the embedded default (`gateway --embedded`).
 //!
 //! Both feed live events through the same [`hub::Hub`], which keeps one subscription per channel per node
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::QueryOptions;
 
-pub use hub::Subscription;
+pub use hub::{ChannelKind, Subscription, RESYNC};
 pub use memory::MemoryBus;
 pub use redis_bus::RedisBus;
 
@@ -207,6 +208,8 @@ pub struct ExecutionInfo {
     pub state: String,
     /// The collaboration session it was run in, if any.
     pub session_id: Option<String>,
+    /// The last `seq` written to its log (a reader past it saw events the log lost in a failover).
+    pub seq: u64,
 }
 
 /// Tunables of the bus, with their documented defaults (see `config::BusArgs`).
@@ -229,6 +232,14 @@ pub struct BusSettings {
     pub session_event_max_len: usize,
     /// Cap (approximate) of each session's chat history.
     pub chat_max_len: usize,
+    /// Replicas every job and event write waits for (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    /// How long a write waits for them.
+    pub wait_timeout: Duration,
+    /// How long a worker retries publishing an event while Redis is failing over.
+    pub publish_retry: Duration,
+    /// An execution still `pending` (accepted, its job never recorded as queued) this long was abandoned.
+    pub enqueue_grace: Duration,
 }
 
 impl Default for BusSettings {
@@ -243,6 +254,10 @@ impl Default for BusSettings {
             session_ttl: Duration::from_secs(24 * 3600),
             session_event_max_len: 10_000,
             chat_max_len: 1_000,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(500),
+            publish_retry: Duration::from_secs(10),
+            enqueue_grace: Duration::from_secs(30),
         }
     }
 }
@@ -323,6 +338,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Appends the event to the execution's log and publishes it live; a terminal event marks it done.
     async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError>;
+
+    /// Ends, with a terminal `query_error` every follower receives, an execution whose job will never run
+    /// (abandoned mid-enqueue, or lost from the queue in a failover); true if it did. Followers of a
+    /// queued execution call it when their stream is quiet.
+    async fn end_if_orphaned(&self, _execution_id: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
 
     /// Cancel requests for running executions (payload: execution id), for workers.
     async fn cancel_requests(&self) -> Result<Subscription, BusError>;

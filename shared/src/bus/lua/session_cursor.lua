@@ -1,0 +1,19 @@
+-- Records a participant's cursor and appends its `cursor_moved` frame; returns the seq.
+-- KEYS[1..7]: the session's keys. Slot: the session's.
+local k = {
+  seq = KEYS[1],          -- counter: the session's last seq
+  events = KEYS[2],       -- stream: the session's log, entry id `<seq>-0`
+  live = KEYS[3],         -- sharded pub/sub channel
+  participants = KEYS[4], -- hash: participant id -> JSON
+  query = KEYS[5],        -- hash: text, version, author
+  cursors = KEYS[6],      -- hash: participant id -> cursor JSON
+  chat = KEYS[7],         -- stream: chat history
+}
+local max_len = ARGV[1]
+local ttl_secs = ARGV[2]
+local participant_id = ARGV[3]
+local cursor = ARGV[4]        -- JSON
+local frame = ARGV[5]
+
+redis.call('HSET', k.cursors, participant_id, cursor)
+return session_append(k, max_len, ttl_secs, frame)

@@ -1,0 +1,184 @@
+//! Collaboration sessions on Redis: every change is one script on the session's slot that changes the
+//! state, numbers the event with the session's counter, appends it to the log and publishes it on the
+//! session's sharded channel.
+//!
+//! Join and leave also touch the gateway node's participant set (the node's slot), as a separate step:
+//! - join adds the node's entry **before** the join script; a crash in between leaves an entry for a
+//!   participant that never joined: when the node is reaped, its leave finds nobody and announces
+//!   nothing. A full session removes the entry again.
+//! - leave runs the leave script **before** removing the node's entry; a crash in between leaves an entry
+//!   whose participant is gone: the reaper's leave is again a no-op, then the entry goes with the node.
+//! So a participant is never in a session without its node knowing it (it would never be reaped).
+//!
+//! With `C2S_REDIS_WAIT_REPLICAS` > 0 each change waits for replicas before it is acknowledged. A failover
+//! can still lose the change in flight; its client gets an error (its request failed), but followers may
+//! have seen its event live, and the promoted replica's counter numbers the next event the same: see the
+//! README's failover limits.
+
+use redis::{ScriptInvocation, Value};
+
+use super::replies::parse_join;
+use super::RedisBus;
+use crate::bus::{BusError, JoinOutcome, JoinRequest, UpdateOutcome};
+
+impl RedisBus {
+    /// Starts a session script invocation: the session's keys, then the common ARGV (log cap, TTL).
+    fn session_call<'a>(
+        &self,
+        script: &'a redis::Script,
+        session_id: &str,
+    ) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        for key in self.keys.session_keys(session_id) {
+            call.key(key);
+        }
+        call.arg(self.settings.session_event_max_len)
+            .arg(self.settings.session_ttl.as_secs());
+        call
+    }
+
+    fn node_member(session_id: &str, participant_id: &str) -> String {
+        format!("{session_id}\t{participant_id}")
+    }
+
+    async fn node_entry(
+        &self,
+        add: bool,
+        node_id: &str,
+        session_id: &str,
+        participant_id: &str,
+    ) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd(if add { "SADD" } else { "SREM" })
+            .arg(self.keys.node_participants(node_id))
+            .arg(Self::node_member(session_id, participant_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
+        self.node_entry(true, r.node_id, r.session_id, r.participant_id)
+            .await?;
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .session_call(&self.scripts.session_join, r.session_id)
+            .arg(r.participant_id)
+            .arg(r.participant)
+            .arg(r.max_participants)
+            .arg(r.joined_frame)
+            .arg(r.chat_history)
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(r.session_id)).await?;
+        let outcome = parse_join(reply)?;
+        if outcome == JoinOutcome::Full {
+            self.node_entry(false, r.node_id, r.session_id, r.participant_id)
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    pub(super) async fn leave(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        node_id: &str,
+        left_frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .session_call(&self.scripts.session_leave, session_id)
+            .arg(participant_id)
+            .arg(left_frame)
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.node_entry(false, node_id, session_id, participant_id)
+            .await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    pub(super) async fn update_query(
+        &self,
+        session_id: &str,
+        author_id: &str,
+        text: &str,
+        base_version: Option<u64>,
+        frame: &str,
+    ) -> Result<UpdateOutcome, BusError> {
+        let mut conn = self.conn.clone();
+        let (applied, version, third): (i64, u64, Value) = self
+            .session_call(&self.scripts.session_update_query, session_id)
+            .arg(text)
+            .arg(author_id)
+            .arg(base_version.map(|v| v.to_string()).unwrap_or_default())
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(session_id)).await?;
+        let decode = |what: &str| BusError::Malformed(format!("session update reply: {what}"));
+        Ok(if applied == 1 {
+            UpdateOutcome::Applied {
+                version,
+                seq: redis::from_redis_value(third).map_err(|e| decode(&e.to_string()))?,
+            }
+        } else {
+            UpdateOutcome::Conflict {
+                version,
+                text: redis::from_redis_value(third).map_err(|e| decode(&e.to_string()))?,
+            }
+        })
+    }
+
+    pub(super) async fn cursor(
+        &self,
+        session_id: &str,
+        participant_id: &str,
+        cursor: &str,
+        frame: &str,
+    ) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        let seq = self
+            .session_call(&self.scripts.session_cursor, session_id)
+            .arg(participant_id)
+            .arg(cursor)
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(session_id)).await?;
+        Ok(seq)
+    }
+
+    pub(super) async fn chat(
+        &self,
+        session_id: &str,
+        message_id: &str,
+        entry: &str,
+        frame: &str,
+    ) -> Result<Option<u64>, BusError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .session_call(&self.scripts.session_chat, session_id)
+            .key(self.keys.session_chat_id(session_id, message_id))
+            .arg(entry)
+            .arg(frame)
+            .arg(self.settings.chat_max_len)
+            .arg(self.settings.idempotency_ttl.as_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(session_id)).await?;
+        Ok((seq > 0).then_some(seq))
+    }
+
+    pub(super) async fn append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        let seq = self
+            .session_call(&self.scripts.session_append, session_id)
+            .arg(frame)
+            .invoke_async(&mut conn)
+            .await?;
+        self.wait_after(&self.keys.session_events(session_id)).await?;
+        Ok(seq)
+    }
+}
