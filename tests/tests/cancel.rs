@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_stops_the_statement_on_the_database() {
+both_redis_modes!(
+    cancel_stops_the_statement_on_the_database,
+    cancel_stops_the_statement_on_the_database_on_redis_cluster,
+    cancel_stops_the_statement_on_the_database_body
+);
+
+async fn cancel_stops_the_statement_on_the_database_body(mode: RedisMode) {
     let cluster = Cluster::builder("cancel_running")
+        .redis(mode)
         .gateways(1)
         .workers(1)
         .start()
@@ -74,9 +80,15 @@ async fn cancel_stops_the_statement_on_the_database() {
     assert_eq!(s2.rows, vec![json!({"one": 1})]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_a_queued_job_before_it_starts() {
+both_redis_modes!(
+    cancel_a_queued_job_before_it_starts,
+    cancel_a_queued_job_before_it_starts_on_redis_cluster,
+    cancel_a_queued_job_before_it_starts_body
+);
+
+async fn cancel_a_queued_job_before_it_starts_body(mode: RedisMode) {
     let cluster = Cluster::builder("cancel_queued")
+        .redis(mode)
         .gateways(1)
         .workers(1)
         .worker_args(["--concurrency", "1"])

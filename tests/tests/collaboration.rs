@@ -122,9 +122,15 @@ fn position_in_log(m: &Collab, pred: impl Fn(&Value) -> bool) -> Option<usize> {
 // 1. Chat burst from three nodes
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chat_burst_from_three_nodes_is_delivered_once_in_one_order() {
+both_redis_modes!(
+    chat_burst_from_three_nodes_is_delivered_once_in_one_order,
+    chat_burst_from_three_nodes_is_delivered_once_in_one_order_on_redis_cluster,
+    chat_burst_from_three_nodes_is_delivered_once_in_one_order_body
+);
+
+async fn chat_burst_from_three_nodes_is_delivered_once_in_one_order_body(mode: RedisMode) {
     let cluster = Cluster::builder("collab_chat_burst")
+        .redis(mode)
         .gateways(3)
         .workers(0)
         .start()
@@ -305,9 +311,15 @@ async fn chat_burst_from_three_nodes_is_delivered_once_in_one_order() {
 // 2. Concurrent update_query with the same baseVersion
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_query_updates_one_wins_the_other_conflicts() {
+both_redis_modes!(
+    concurrent_query_updates_one_wins_the_other_conflicts,
+    concurrent_query_updates_one_wins_the_other_conflicts_on_redis_cluster,
+    concurrent_query_updates_one_wins_the_other_conflicts_body
+);
+
+async fn concurrent_query_updates_one_wins_the_other_conflicts_body(mode: RedisMode) {
     let cluster = Cluster::builder("collab_conflict")
+        .redis(mode)
         .gateways(3)
         .workers(0)
         .start()
@@ -589,11 +601,17 @@ async fn late_joiner_gets_query_chat_history_and_cursors_even_on_a_new_gateway()
 // 4. A gateway killed with SIGKILL
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participants_of_a_killed_gateway_leave_once_with_node_lost() {
+both_redis_modes!(
+    participants_of_a_killed_gateway_leave_once_with_node_lost,
+    participants_of_a_killed_gateway_leave_once_with_node_lost_on_redis_cluster,
+    participants_of_a_killed_gateway_leave_once_with_node_lost_body
+);
+
+async fn participants_of_a_killed_gateway_leave_once_with_node_lost_body(mode: RedisMode) {
     const TTL_MS: u64 = 3000;
     const HEARTBEAT_MS: u64 = 500;
     let mut cluster = Cluster::builder("collab_node_lost")
+        .redis(mode)
         .gateways(3)
         .workers(0)
         .gateway_args([
@@ -755,9 +773,15 @@ async fn a_gateway_restarted_under_the_same_node_id_reaps_its_previous_participa
 // 5. Shared execution
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_execution_streams_every_row_to_every_participant() {
+both_redis_modes!(
+    shared_execution_streams_every_row_to_every_participant,
+    shared_execution_streams_every_row_to_every_participant_on_redis_cluster,
+    shared_execution_streams_every_row_to_every_participant_body
+);
+
+async fn shared_execution_streams_every_row_to_every_participant_body(mode: RedisMode) {
     let cluster = Cluster::builder("collab_shared_exec")
+        .redis(mode)
         .gateways(3)
         .workers(1)
         .start()
@@ -951,9 +975,15 @@ async fn cursor_flood_is_coalesced_and_ends_on_the_final_position() {
 // 7. Resume with afterSeq on another node
 // ---------------------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events() {
+both_redis_modes!(
+    reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events,
+    reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_on_redis_cluster,
+    reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_body
+);
+
+async fn reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_body(mode: RedisMode) {
     let cluster = Cluster::builder("collab_resume")
+        .redis(mode)
         .gateways(3)
         .workers(0)
         .start()

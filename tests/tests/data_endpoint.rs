@@ -9,9 +9,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_on_another_node_receives_every_chunk() {
+both_redis_modes!(
+    subscribe_on_another_node_receives_every_chunk,
+    subscribe_on_another_node_receives_every_chunk_on_redis_cluster,
+    subscribe_on_another_node_receives_every_chunk_body
+);
+
+async fn subscribe_on_another_node_receives_every_chunk_body(mode: RedisMode) {
     let cluster = Cluster::builder("data_subscribe")
+        .redis(mode)
         .gateways(2)
         .workers(1)
         .start()
@@ -153,10 +159,16 @@ async fn http_endpoints_and_schema_document() {
 
 /// A followed execution whose state disappears from Redis (expired, or a Redis that came back empty):
 /// the follower gets `error not_found` naming the execution in `executionId`, instead of waiting forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_followed_execution_that_vanishes_ends_with_not_found_naming_it() {
+both_redis_modes!(
+    a_followed_execution_that_vanishes_ends_with_not_found_naming_it,
+    a_followed_execution_that_vanishes_ends_with_not_found_naming_it_on_redis_cluster,
+    a_followed_execution_that_vanishes_ends_with_not_found_naming_it_body
+);
+
+async fn a_followed_execution_that_vanishes_ends_with_not_found_naming_it_body(mode: RedisMode) {
     // No worker: the job stays queued and its stream quiet, so the follower re-checks it.
     let cluster = Cluster::builder("data_vanished")
+        .redis(mode)
         .gateways(1)
         .workers(0)
         .gateway_args(["--resync-interval-ms", "200"])
@@ -164,13 +176,11 @@ async fn a_followed_execution_that_vanishes_ends_with_not_found_naming_it() {
         .await;
     let mut c = cluster.query_client(0).await;
     let exec = c.execute("SELECT 1 AS one", None, Some("vanish")).await;
-    let mut redis = cluster.redis().await;
-    let removed: u64 = redis::cmd("DEL")
-        .arg(format!("{}:exec:{exec}", cluster.prefix))
-        .query_async(&mut redis)
+    let removed = cluster
+        .redis_query(redis::cmd("DEL").arg(format!("{}:{{e:{exec}}}", cluster.prefix)))
         .await
         .expect("DEL");
-    assert_eq!(removed, 1, "the execution's state key");
+    assert_eq!(removed, redis::Value::Int(1), "the execution's state key");
     let f = c.recv_json().await;
     assert_eq!(ty(&f), "error", "{}", short(&f));
     assert_eq!(f["payload"]["code"], "not_found", "{}", short(&f));

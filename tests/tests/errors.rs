@@ -249,9 +249,15 @@ async fn a_frame_over_max_frame_bytes_closes_with_1009() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_client_id_is_acknowledged_but_not_run_again() {
+both_redis_modes!(
+    a_repeated_client_id_is_acknowledged_but_not_run_again,
+    a_repeated_client_id_is_acknowledged_but_not_run_again_on_redis_cluster,
+    a_repeated_client_id_is_acknowledged_but_not_run_again_body
+);
+
+async fn a_repeated_client_id_is_acknowledged_but_not_run_again_body(mode: RedisMode) {
     let cluster = Cluster::builder("errors_idempotency")
+        .redis(mode)
         .gateways(2)
         .workers(1)
         .start()

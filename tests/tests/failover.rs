@@ -728,11 +728,17 @@ async fn suite_client(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_killed_under_50_streams_every_client_resumes_on_the_other() {
+both_redis_modes!(
+    gateway_killed_under_50_streams_every_client_resumes_on_the_other,
+    gateway_killed_under_50_streams_every_client_resumes_on_the_other_on_redis_cluster,
+    gateway_killed_under_50_streams_every_client_resumes_on_the_other_body
+);
+
+async fn gateway_killed_under_50_streams_every_client_resumes_on_the_other_body(mode: RedisMode) {
     let _serial = SERIAL.lock().await;
     let test_start = Instant::now();
     let mut cluster = Cluster::builder("failover_suite")
+        .redis(mode)
         .gateways(2)
         .workers(2)
         // Every /ws/query client is `anonymous` until authentication lands: one user, 50 queries at once.

@@ -122,9 +122,15 @@ fn after(frames: &[Value], after_seq: u64) -> Vec<Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn big_result_streams_in_order_and_resumes_on_another_node_after_completion() {
+both_redis_modes!(
+    big_result_streams_in_order_and_resumes_on_another_node_after_completion,
+    big_result_streams_in_order_and_resumes_on_another_node_after_completion_on_redis_cluster,
+    big_result_streams_in_order_and_resumes_on_another_node_after_completion_body
+);
+
+async fn big_result_streams_in_order_and_resumes_on_another_node_after_completion_body(mode: RedisMode) {
     let cluster = Cluster::builder("query_flow_resume_after_completion")
+        .redis(mode)
         .gateways(2)
         .workers(1)
         .start()
@@ -165,9 +171,15 @@ async fn big_result_streams_in_order_and_resumes_on_another_node_after_completio
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_on_another_node_while_streaming() {
+both_redis_modes!(
+    resume_on_another_node_while_streaming,
+    resume_on_another_node_while_streaming_on_redis_cluster,
+    resume_on_another_node_while_streaming_body
+);
+
+async fn resume_on_another_node_while_streaming_body(mode: RedisMode) {
     let cluster = Cluster::builder("query_flow_resume_while_streaming")
+        .redis(mode)
         .gateways(2)
         .workers(1)
         .start()

@@ -7,7 +7,12 @@
 //!   `/schema` ("server" part) when the client was made by a cluster.
 //! - [`check_full_stream`]: the invariants every execution's event stream must satisfy.
 //!
+//! Redis runs in two modes ([`RedisMode`]): the single Redis, and a local Redis Cluster of 3 masters + 3
+//! replicas (`scripts/redis-cluster.sh up`, started on first use by [`ensure_redis_cluster`]); the suites
+//! that matter run in both (`both_redis_modes!`).
+//!
 //! Environment knobs (all optional): `C2S_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`),
+//! `C2S_TEST_REDIS_CLUSTER_URL` (seed list, default the local cluster's 127.0.0.1:7001-7003),
 //! `C2S_TEST_PG_URL` (server URL without database, default `postgres://postgres@127.0.0.1:5432`),
 //! `C2S_TEST_NO_BUILD=1` (use the binaries already in the target dir), `C2S_TEST_KEEP=1` (keep the test
 //! databases and Redis keys), `C2S_TEST_LOG=<filter>` (passed to the nodes as `C2S_LOG`).
@@ -79,6 +84,90 @@ pub const TERMINAL_TYPES: &[&str] = &["query_completed", "query_error", "query_c
 
 pub fn redis_url() -> String {
     std::env::var("C2S_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Which Redis a test cluster's nodes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    Single,
+    /// The local Redis Cluster (3 masters + 3 replicas), `--redis-cluster`.
+    Cluster,
+}
+
+/// Ports of the local Redis Cluster's nodes (scripts/redis-cluster.sh; masters first at creation).
+pub const CLUSTER_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
+
+/// Seed list of the Redis Cluster the tests use.
+pub fn redis_cluster_url() -> String {
+    std::env::var("C2S_TEST_REDIS_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003".into()
+    })
+}
+
+static REDIS_CLUSTER_UP: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Makes sure the local Redis Cluster is up and healthy (`scripts/redis-cluster.sh up`, once per test
+/// process, then whenever a test asks after killing nodes); panics with the script's output if not.
+pub fn ensure_redis_cluster() {
+    let ok = REDIS_CLUSTER_UP.get_or_init(run_redis_cluster_up);
+    if let Err(e) = ok {
+        panic!("{e}");
+    }
+}
+
+/// `scripts/redis-cluster.sh up` (restarts stopped nodes, rebuilds a broken cluster, waits for ok).
+pub fn run_redis_cluster_up() -> Result<(), String> {
+    if std::env::var_os("C2S_TEST_REDIS_CLUSTER_URL").is_some() {
+        return Ok(()); // someone else's cluster
+    }
+    let script = workspace_root().join("scripts/redis-cluster.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} up failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// A cluster connection to the test Redis Cluster (follows MOVED, so it works across failovers).
+pub async fn redis_cluster_conn() -> redis::cluster_async::ClusterConnection {
+    let seeds: Vec<String> = redis_cluster_url().split(',').map(str::to_owned).collect();
+    let client = redis::cluster::ClusterClient::builder(seeds)
+        .retries(6)
+        .min_retry_wait(100)
+        .max_retry_wait(1000)
+        .build()
+        .expect("valid cluster seeds");
+    tokio::time::timeout(SIDE_CALL_TIMEOUT, client.get_async_connection())
+        .await
+        .expect("connecting to the Redis Cluster timed out")
+        .expect("connecting to the Redis Cluster failed")
+}
+
+/// Runs `body` in both Redis modes, as two tests: `$single` on the single Redis, `$cluster` on the
+/// local Redis Cluster. `$body` is an `async fn(RedisMode)`.
+#[macro_export]
+macro_rules! both_redis_modes {
+    ($single:ident, $cluster:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $single() {
+            $body(RedisMode::Single).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            $body(RedisMode::Cluster).await
+        }
+    };
 }
 
 /// PostgreSQL server URL without a database name.
@@ -758,6 +847,7 @@ pub async fn pg_connect(url: &str) -> PgConnection {
 pub struct RedisPrefixGuard {
     url: String,
     prefix: String,
+    cluster: bool,
 }
 
 impl RedisPrefixGuard {
@@ -765,6 +855,7 @@ impl RedisPrefixGuard {
         RedisPrefixGuard {
             url: redis_url(),
             prefix: prefix.to_owned(),
+            cluster: false,
         }
     }
 }
@@ -776,6 +867,16 @@ impl Drop for RedisPrefixGuard {
         }
         let url = self.url.clone();
         let pattern = format!("{}:*", self.prefix);
+        if self.cluster {
+            run_detached(async move {
+                let keys = cluster_scan(&pattern).await;
+                let mut con = redis_cluster_conn().await;
+                for key in keys {
+                    let _: Result<i64, _> = redis::cmd("DEL").arg(&key).query_async(&mut con).await;
+                }
+            });
+            return;
+        }
         run_detached(async move {
             let Ok(client) = redis::Client::open(url.as_str()) else {
                 return;
@@ -791,6 +892,32 @@ impl Drop for RedisPrefixGuard {
             }
         });
     }
+}
+
+/// Keys matching `pattern` on every master of the test Redis Cluster (a replica's SCAN would repeat them).
+pub async fn cluster_scan(pattern: &str) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    for port in CLUSTER_PORTS {
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+            continue;
+        };
+        let Ok(Ok(mut con)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query_async(&mut con).await;
+        let is_master = matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master");
+        if is_master {
+            if let Ok(found) = scan_keys(&mut con, pattern).await {
+                keys.extend(found);
+            }
+        }
+    }
+    keys.into_iter().collect()
 }
 
 async fn scan_keys(
@@ -829,6 +956,7 @@ pub struct ClusterBuilder {
     gateway_args: Vec<String>,
     worker_args: Vec<String>,
     superuser_workers: bool,
+    redis_mode: RedisMode,
 }
 
 impl ClusterBuilder {
@@ -836,6 +964,15 @@ impl ClusterBuilder {
     /// least-privilege role of `deploy/postgres/reader-role.sql`.
     pub fn superuser_workers(mut self) -> Self {
         self.superuser_workers = true;
+        self
+    }
+
+    /// Runs the nodes on the single Redis (default) or the local Redis Cluster (started if needed).
+    pub fn redis(mut self, mode: RedisMode) -> Self {
+        if mode == RedisMode::Cluster && self.redis_mode != mode {
+            self.name.push_str("-on-redis-cluster");
+        }
+        self.redis_mode = mode;
         self
     }
 
@@ -896,9 +1033,14 @@ impl ClusterBuilder {
         std::fs::create_dir_all(&log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let on_cluster = self.redis_mode == RedisMode::Cluster && !self.embedded;
+        if on_cluster {
+            ensure_redis_cluster();
+        }
         let redis_guard = (!self.embedded).then(|| RedisPrefixGuard {
             url: redis.map_or_else(redis_url, str::to_owned),
             prefix: prefix.clone(),
+            cluster: on_cluster,
         });
         let db = if self.database.unwrap_or(self.workers > 0 && !self.embedded) {
             Some(TestDb::create().await)
@@ -908,6 +1050,11 @@ impl ClusterBuilder {
         let mut cluster = Cluster {
             gateways: Vec::new(),
             workers: Vec::new(),
+            redis_mode: if on_cluster {
+                RedisMode::Cluster
+            } else {
+                RedisMode::Single
+            },
             name: self.name,
             prefix,
             embedded: self.embedded,
@@ -960,6 +1107,7 @@ pub struct Cluster {
     // Declared first: dropped (SIGKILLed) before the database and the Redis keys are removed.
     pub gateways: Vec<Node>,
     pub workers: Vec<Node>,
+    pub redis_mode: RedisMode,
     pub name: String,
     pub prefix: String,
     pub embedded: bool,
@@ -985,6 +1133,19 @@ impl Cluster {
             gateway_args: Vec::new(),
             worker_args: Vec::new(),
             superuser_workers: false,
+            redis_mode: RedisMode::Single,
+        }
+    }
+
+    /// `--redis-url …` (and `--redis-cluster`) for a node of this cluster.
+    fn redis_args(&self) -> Vec<String> {
+        match self.redis_mode {
+            RedisMode::Single => vec!["--redis-url".into(), redis_url()],
+            RedisMode::Cluster => vec![
+                "--redis-url".into(),
+                redis_cluster_url(),
+                "--redis-cluster".into(),
+            ],
         }
     }
 
@@ -995,12 +1156,8 @@ impl Cluster {
         if self.embedded {
             args.push("--embedded".into());
         } else {
-            args.extend([
-                "--redis-url".into(),
-                redis_url(),
-                "--key-prefix".into(),
-                self.prefix.clone(),
-            ]);
+            args.extend(self.redis_args());
+            args.extend(["--key-prefix".into(), self.prefix.clone()]);
         }
         args.extend(["--node-id".into(), name.clone()]);
         args.extend(self.gateway_args.iter().cloned());
@@ -1025,16 +1182,15 @@ impl Cluster {
         } else {
             db.reader_url.clone()
         };
-        let mut args: Vec<String> = vec![
-            "--redis-url".into(),
-            redis_url(),
+        let mut args: Vec<String> = self.redis_args();
+        args.extend([
             "--key-prefix".into(),
             self.prefix.clone(),
             "--database-url".into(),
             db_url,
             "--worker-id".into(),
             name.clone(),
-        ];
+        ]);
         if self.superuser_workers {
             args.push("--insecure-privileged-role".into());
         }
@@ -1123,25 +1279,42 @@ impl Cluster {
             .expect("connecting to Redis failed")
     }
 
+    /// Runs one Redis command on the cluster's Redis (single or cluster, following MOVED).
+    pub async fn redis_query(&self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        let fut = async {
+            match self.redis_mode {
+                RedisMode::Single => cmd.query_async(&mut self.redis().await).await,
+                RedisMode::Cluster => cmd.query_async(&mut redis_cluster_conn().await).await,
+            }
+        };
+        tokio::time::timeout(SIDE_CALL_TIMEOUT, fut)
+            .await
+            .expect("a Redis call of the test timed out")
+    }
+
     /// Every Redis key under this cluster's prefix.
     pub async fn redis_keys(&self) -> Vec<String> {
-        let mut con = self.redis().await;
         let pattern = format!("{}:*", self.prefix);
+        if self.redis_mode == RedisMode::Cluster {
+            return cluster_scan(&pattern).await;
+        }
+        let mut con = self.redis().await;
         tokio::time::timeout(SIDE_CALL_TIMEOUT, scan_keys(&mut con, &pattern))
             .await
             .expect("SCAN timed out")
             .expect("SCAN failed")
     }
 
-    /// The execution ids that have state in Redis (`<prefix>:exec:<id>[:…]`, per shared/src/keys.rs).
+    /// The execution ids that have state in Redis (`<prefix>:{e:<id>}[:…]`, per shared/src/keys.rs).
     pub async fn execution_ids_in_redis(&self) -> BTreeSet<String> {
-        let head = format!("{}:exec:", self.prefix);
+        let head = format!("{}:{{e:", self.prefix);
         self.redis_keys()
             .await
             .into_iter()
             .filter_map(|k| {
                 k.strip_prefix(&head)
-                    .map(|rest| rest.split(':').next().unwrap_or_default().to_owned())
+                    .and_then(|rest| rest.split('}').next())
+                    .map(str::to_owned)
             })
             .collect()
     }
