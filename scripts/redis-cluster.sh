@@ -5,7 +5,10 @@
 #   redis-cluster.sh down     stop them (SHUTDOWN NOSAVE) and remove their data
 #   redis-cluster.sh status   cluster_state and the node table
 #   redis-cluster.sh start N  start the node on port N again (after a test killed it); it rejoins the cluster
-# Safe to run `up` again and again: a healthy cluster is left alone, a broken one is rebuilt.
+#   redis-cluster.sh wait     wait for cluster_state:ok with every replica linked (after a failover drill)
+#   redis-cluster.sh pid N    the pid of the node on port N
+# Safe to run `up` again and again: a healthy cluster is left alone, stopped nodes are started again and
+# rejoin; only a cluster that does not heal within 20 s is rebuilt from scratch.
 set -euo pipefail
 
 BASE="${C2S_CLUSTER_PORT_BASE:-7000}"
@@ -51,14 +54,21 @@ wait_ok() {
 
 up() {
   if cluster_ok; then log "cluster ok on ${PORTS[*]}"; return 0; fi
-  # Nodes that run but do not form a healthy cluster (e.g. a half-created one): start from scratch.
-  if [ -d "$DIR" ] && ! cluster_ok; then down quiet; fi
+  if [ -f "$DIR/created" ]; then
+    # A cluster of ours with nodes down (a test killed them): start them, they rejoin as replicas.
+    for p in "${PORTS[@]}"; do start_node "$p" || true; done
+    for _ in $(seq 1 100); do cluster_ok && { log "cluster ok on ${PORTS[*]}"; return 0; }; sleep 0.2; done
+    log "cluster did not heal; rebuilding it"
+  fi
+  # Nodes that do not form a healthy cluster (e.g. a half-created one): start from scratch.
+  if [ -d "$DIR" ]; then down quiet; fi
   for p in "${PORTS[@]}"; do start_node "$p"; done
   local addrs=()
   for p in "${PORTS[@]}"; do addrs+=("127.0.0.1:$p"); done
   redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log" 2>&1 \
     || { log "cluster create failed:"; cat "$DIR/create.log" >&2; return 1; }
   wait_ok
+  touch "$DIR/created"
   log "cluster ok on ${PORTS[*]}"
 }
 
@@ -77,6 +87,8 @@ case "${1:-up}" in
   up) up ;;
   down) down ;;
   start) start_node "$2" ;;
+  wait) wait_ok ;;
+  pid) cat "$DIR/$2/redis.pid" ;;
   status)
     redis-cli -h 127.0.0.1 -p "${PORTS[0]}" cluster info | grep cluster_state || true
     redis-cli -h 127.0.0.1 -p "${PORTS[0]}" cluster nodes || true ;;
