@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure Redis (127.0.0.1:6379) and PostgreSQL (127.0.0.1:5432, user postgres, trust) answer:
-# installs them with apt-get when missing, starts them when stopped. Safe to run again and again.
+# Makes sure Redis (127.0.0.1:6379), the local Redis Cluster (3 masters + 3 replicas on 127.0.0.1:7001-7006,
+# scripts/redis-cluster.sh) and PostgreSQL (127.0.0.1:5432, user postgres, trust) answer: installs them with
+# apt-get when missing, starts them when stopped. Safe to run again and again.
 set -euo pipefail
 
 REDIS_PORT="${C2S_TEST_REDIS_PORT:-6379}"
@@ -29,6 +30,7 @@ if ! redis_up; then
   wait_for redis redis_up
 fi
 log "redis ok"
+bash "$(dirname "$0")/redis-cluster.sh" up
 
 # ---- PostgreSQL --------------------------------------------------------------------------------------
 pg_up() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc 'select 1' 2>/dev/null | grep -qx 1; }

@@ -96,10 +96,35 @@ fn join_rel(dir: &str, file: &str) -> String {
     }
 }
 
+/// The compose profiles a service belongs to (none: it is part of the default stack).
+fn profiles_of(svc: &Yaml) -> Vec<String> {
+    svc["profiles"]
+        .as_sequence()
+        .map(|p| p.iter().map(scalar).collect())
+        .unwrap_or_default()
+}
+
+/// Services of the default stack (no profile) built from `dockerfile`.
 fn services_built_from<'a>(doc: &'a Yaml, dockerfile: &str) -> BTreeMap<String, &'a Yaml> {
+    profile_services_built_from(doc, dockerfile, None)
+}
+
+/// Services built from `dockerfile` in `profile` (None: the default stack).
+fn profile_services_built_from<'a>(
+    doc: &'a Yaml,
+    dockerfile: &str,
+    profile: Option<&str>,
+) -> BTreeMap<String, &'a Yaml> {
     services(doc)
         .into_iter()
         .filter(|(_, svc)| built_from(svc).as_deref() == Some(dockerfile))
+        .filter(|(_, svc)| {
+            let profiles = profiles_of(svc);
+            match profile {
+                None => profiles.is_empty(),
+                Some(p) => profiles.iter().any(|x| x == p),
+            }
+        })
         .collect()
 }
 
@@ -510,6 +535,85 @@ fn two_gateways_and_two_workers_with_real_config_keys_only() {
             "{dockerfile} sets unknown variables: {unknown:?}"
         );
     }
+}
+
+/// `docker compose --profile redis-cluster up`: a 3-master + 3-replica Redis Cluster (node timeout 2 s)
+/// formed once by an init service, and two gateways and two workers on it (`C2S_REDIS_CLUSTER=true`,
+/// seeds that are nodes of the profile) behind their own load balancer; nothing of it in the default stack.
+#[test]
+fn the_redis_cluster_profile_runs_the_app_on_a_3_plus_3_cluster() {
+    let doc = compose();
+    let all = services(&doc);
+    let in_profile = |name: &str| profiles_of(all[name]).iter().any(|p| p == "redis-cluster");
+    let nodes: Vec<&String> = all
+        .keys()
+        .filter(|n| n.starts_with("redis-node-"))
+        .collect();
+    assert_eq!(nodes.len(), 6, "six Redis Cluster nodes: {nodes:?}");
+    for name in &nodes {
+        assert!(in_profile(name), "{name} belongs to the redis-cluster profile only");
+        let command: Vec<String> = all[name.as_str()]["command"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name}: command as a list"))
+            .iter()
+            .map(scalar)
+            .collect();
+        let arg = |flag: &str| {
+            command
+                .iter()
+                .position(|a| a == flag)
+                .and_then(|i| command.get(i + 1))
+                .cloned()
+        };
+        assert_eq!(arg("--cluster-enabled").as_deref(), Some("yes"), "{name}: {command:?}");
+        assert_eq!(arg("--cluster-node-timeout").as_deref(), Some("2000"), "{name}: {command:?}");
+    }
+    let init = all.get("redis-cluster-init").expect("a redis-cluster-init service");
+    assert!(in_profile("redis-cluster-init"));
+    let script = init["command"]
+        .as_sequence()
+        .and_then(|c| c.first())
+        .map(scalar)
+        .expect("init script");
+    assert!(
+        script.contains("--cluster create") && script.contains("--cluster-replicas 1"),
+        "the init service creates a cluster with one replica per master: {script}"
+    );
+    for n in 1..=6 {
+        assert!(script.contains("redis-node-$$i") || script.contains(&format!("redis-node-{n}")), "{script}");
+    }
+    let gateway_surface = ConfigSurface::gateway();
+    let worker_surface = ConfigSurface::worker();
+    for (dockerfile, surface, expected) in [
+        (GATEWAY_DOCKERFILE, &gateway_surface, ["gateway-c1", "gateway-c2"]),
+        (WORKER_DOCKERFILE, &worker_surface, ["worker-c1", "worker-c2"]),
+    ] {
+        let apps = profile_services_built_from(&doc, dockerfile, Some("redis-cluster"));
+        assert_eq!(apps.keys().collect::<Vec<_>>(), expected, "app services of the profile");
+        for (name, svc) in &apps {
+            let env = service_env(svc);
+            let unknown = unknown_env_keys(env.keys(), surface);
+            assert!(unknown.is_empty(), "{name} sets unknown variables: {unknown:?}");
+            assert_eq!(env.get("C2S_REDIS_CLUSTER").map(String::as_str), Some("true"), "{name}");
+            let seeds = &env["C2S_REDIS_URL"];
+            for seed in seeds.split(',') {
+                let host = host_of(seed);
+                assert!(nodes.iter().any(|n| n.as_str() == host), "{name}: seed {seed} is no cluster node");
+            }
+            assert!(
+                svc["depends_on"]["redis-cluster-init"]["condition"].as_str()
+                    == Some("service_completed_successfully"),
+                "{name} starts once the cluster is formed"
+            );
+        }
+    }
+    let lb = all.get("lb-cluster").expect("an lb-cluster service");
+    let mounts: BTreeMap<String, String> = bind_mounts(lb).into_iter().map(|(s, t)| (t, s)).collect();
+    let topology = read_repo_file(&mounts["/etc/nginx/topology.conf"]);
+    for gw in ["gateway-c1:8080", "gateway-c2:8080"] {
+        assert!(topology.contains(gw), "lb-cluster's upstream names {gw}: {topology}");
+    }
+    assert!(!topology.contains("gateway-1:"), "lb-cluster balances the cluster-mode gateways only");
 }
 
 /// The checker itself: wrong names, and names of the other binary, are caught.
