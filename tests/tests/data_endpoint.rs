@@ -157,8 +157,8 @@ async fn http_endpoints_and_schema_document() {
     d.ping(7).await;
 }
 
-/// A followed execution whose state disappears from Redis (expired, or a Redis that came back empty):
-/// the follower gets `error not_found` naming the execution in `executionId`, instead of waiting forever.
+// A followed execution whose state disappears from Redis (expired, or a Redis that came back empty):
+// the follower gets `error not_found` naming the execution in `executionId`, instead of waiting forever.
 both_redis_modes!(
     a_followed_execution_that_vanishes_ends_with_not_found_naming_it,
     a_followed_execution_that_vanishes_ends_with_not_found_naming_it_on_redis_cluster,

@@ -13,7 +13,9 @@
 //! with the missing range and `afterSeq`; a log that ends before what this client already saw
 //! (a failover lost them) gives `unavailable`; an execution whose job will never run is ended by the bus
 //! with a terminal `query_error` ([`Bus::end_if_orphaned`]). A session's trimmed history is reported and
-//! skipped (the snapshot of a rejoin covers it).
+//! skipped (the snapshot of a rejoin covers it). After a resubscription the event last sent is checked
+//! against the log: if a failover replaced it (a promoted replica numbered another event the same), the
+//! stream ends with `error unavailable` instead of silently skipping the new one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +55,48 @@ enum Flow {
 }
 
 impl Forward {
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        Relay {
+            fwd: self,
+            last_sent: None,
+            verify: false,
+        }
+        .run()
+        .await
+    }
+}
+
+/// A running [`Forward`] with what it remembers of the stream.
+struct Relay {
+    fwd: Forward,
+    /// Hash of the frame of the event last sent (`after_seq`).
+    last_sent: Option<u64>,
+    /// Set by a resubscription: the log's event at `after_seq` must still be the one sent.
+    verify: bool,
+}
+
+impl std::ops::Deref for Relay {
+    type Target = Forward;
+    fn deref(&self) -> &Forward {
+        &self.fwd
+    }
+}
+
+impl std::ops::DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut Forward {
+        &mut self.fwd
+    }
+}
+
+fn frame_hash(frame: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    frame.hash(&mut h);
+    h.finish()
+}
+
+impl Relay {
+    async fn run(mut self) {
         if let Err(e) = self.relay().await {
             tracing::warn!(topic = %self.topic, error = %e, "event stream interrupted");
             let message = format!(
@@ -108,12 +151,17 @@ impl Forward {
                     done => done,
                 },
                 // The channel was resubscribed: what was published meanwhile is in the log.
-                Ok(Ok(bytes)) if bytes.as_ref() == RESYNC => self.catch_up().await?,
+                Ok(Ok(bytes)) if bytes.as_ref() == RESYNC => {
+                    self.verify = self.last_sent.is_some();
+                    self.catch_up().await?
+                }
                 Ok(Ok(bytes)) => {
                     let event = BusEvent::decode(&bytes)?;
-                    if event.seq <= self.after_seq {
+                    if self.verify && event.seq == self.after_seq {
+                        self.check_same(&event).await
+                    } else if event.seq <= self.after_seq {
                         Flow::Continue
-                    } else if event.seq == self.after_seq + 1 {
+                    } else if event.seq == self.after_seq + 1 && !self.verify {
                         self.send(event).await
                     } else {
                         self.catch_up().await?
@@ -128,8 +176,23 @@ impl Forward {
         }
     }
 
-    /// Sends every logged event after `after_seq`.
+    /// Sends every logged event after `after_seq` (after checking, if asked, the one at `after_seq`).
     async fn catch_up(&mut self) -> Result<Flow, BusError> {
+        if self.verify {
+            let at = self
+                .bus
+                .read_events(&self.topic, self.after_seq - 1, 1)
+                .await?;
+            match at.first() {
+                Some(e) if e.seq == self.after_seq => {
+                    if let Flow::Done = self.check_same(e).await {
+                        return Ok(Flow::Done);
+                    }
+                }
+                // Nothing at `after_seq` yet: checked when it comes (executions: `check_exists`).
+                _ => {}
+            }
+        }
         loop {
             let events = self
                 .bus
@@ -191,6 +254,27 @@ impl Forward {
         Ok(Flow::Continue)
     }
 
+    /// `event` has the seq of the event last sent: it must be that event, else the log was rewritten by
+    /// a failover and this stream cannot go on consistently.
+    async fn check_same(&mut self, event: &BusEvent) -> Flow {
+        self.verify = false;
+        if self.last_sent.is_none_or(|h| h == frame_hash(&event.frame)) {
+            return Flow::Continue;
+        }
+        let rejoin = match self.topic {
+            Topic::Execution(_) => "run the query again",
+            Topic::Session(_) => "rejoin the session without afterSeq",
+        };
+        let message = format!(
+            "event {} of {} was replaced after a Redis failover (the one sent was lost): {rejoin}",
+            self.after_seq, self.topic
+        );
+        let after = Some(self.after_seq.saturating_sub(1));
+        self.send_stream_end(ErrorCode::Unavailable, message, after)
+            .await;
+        Flow::Done
+    }
+
     /// The next event in an execution's log is `next`, not `after_seq + 1`: end with the missing range.
     async fn end_at_gap(&mut self, next: u64) {
         let message = format!(
@@ -207,6 +291,8 @@ impl Forward {
 
     async fn send(&mut self, event: BusEvent) -> Flow {
         self.after_seq = event.seq;
+        self.last_sent = Some(frame_hash(&event.frame));
+        self.verify = false;
         let shared = matches!(self.topic, Topic::Session(_))
             && event.frame.starts_with(SHARED_EXECUTION_PREFIX);
         let follow = if shared {
