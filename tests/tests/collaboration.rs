@@ -981,7 +981,9 @@ both_redis_modes!(
     reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_body
 );
 
-async fn reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_body(mode: RedisMode) {
+async fn reconnect_elsewhere_with_after_seq_replays_exactly_the_missed_events_body(
+    mode: RedisMode,
+) {
     let cluster = Cluster::builder("collab_resume")
         .redis(mode)
         .gateways(3)

@@ -551,7 +551,10 @@ fn the_redis_cluster_profile_runs_the_app_on_a_3_plus_3_cluster() {
         .collect();
     assert_eq!(nodes.len(), 6, "six Redis Cluster nodes: {nodes:?}");
     for name in &nodes {
-        assert!(in_profile(name), "{name} belongs to the redis-cluster profile only");
+        assert!(
+            in_profile(name),
+            "{name} belongs to the redis-cluster profile only"
+        );
         let command: Vec<String> = all[name.as_str()]["command"]
             .as_sequence()
             .unwrap_or_else(|| panic!("{name}: command as a list"))
@@ -565,10 +568,20 @@ fn the_redis_cluster_profile_runs_the_app_on_a_3_plus_3_cluster() {
                 .and_then(|i| command.get(i + 1))
                 .cloned()
         };
-        assert_eq!(arg("--cluster-enabled").as_deref(), Some("yes"), "{name}: {command:?}");
-        assert_eq!(arg("--cluster-node-timeout").as_deref(), Some("2000"), "{name}: {command:?}");
+        assert_eq!(
+            arg("--cluster-enabled").as_deref(),
+            Some("yes"),
+            "{name}: {command:?}"
+        );
+        assert_eq!(
+            arg("--cluster-node-timeout").as_deref(),
+            Some("2000"),
+            "{name}: {command:?}"
+        );
     }
-    let init = all.get("redis-cluster-init").expect("a redis-cluster-init service");
+    let init = all
+        .get("redis-cluster-init")
+        .expect("a redis-cluster-init service");
     assert!(in_profile("redis-cluster-init"));
     let script = init["command"]
         .as_sequence()
@@ -580,25 +593,50 @@ fn the_redis_cluster_profile_runs_the_app_on_a_3_plus_3_cluster() {
         "the init service creates a cluster with one replica per master: {script}"
     );
     for n in 1..=6 {
-        assert!(script.contains("redis-node-$$i") || script.contains(&format!("redis-node-{n}")), "{script}");
+        assert!(
+            script.contains("redis-node-$$i") || script.contains(&format!("redis-node-{n}")),
+            "{script}"
+        );
     }
     let gateway_surface = ConfigSurface::gateway();
     let worker_surface = ConfigSurface::worker();
     for (dockerfile, surface, expected) in [
-        (GATEWAY_DOCKERFILE, &gateway_surface, ["gateway-c1", "gateway-c2"]),
-        (WORKER_DOCKERFILE, &worker_surface, ["worker-c1", "worker-c2"]),
+        (
+            GATEWAY_DOCKERFILE,
+            &gateway_surface,
+            ["gateway-c1", "gateway-c2"],
+        ),
+        (
+            WORKER_DOCKERFILE,
+            &worker_surface,
+            ["worker-c1", "worker-c2"],
+        ),
     ] {
         let apps = profile_services_built_from(&doc, dockerfile, Some("redis-cluster"));
-        assert_eq!(apps.keys().collect::<Vec<_>>(), expected, "app services of the profile");
+        assert_eq!(
+            apps.keys().collect::<Vec<_>>(),
+            expected,
+            "app services of the profile"
+        );
         for (name, svc) in &apps {
             let env = service_env(svc);
             let unknown = unknown_env_keys(env.keys(), surface);
-            assert!(unknown.is_empty(), "{name} sets unknown variables: {unknown:?}");
-            assert_eq!(env.get("C2S_REDIS_CLUSTER").map(String::as_str), Some("true"), "{name}");
+            assert!(
+                unknown.is_empty(),
+                "{name} sets unknown variables: {unknown:?}"
+            );
+            assert_eq!(
+                env.get("C2S_REDIS_CLUSTER").map(String::as_str),
+                Some("true"),
+                "{name}"
+            );
             let seeds = &env["C2S_REDIS_URL"];
             for seed in seeds.split(',') {
                 let host = host_of(seed);
-                assert!(nodes.iter().any(|n| n.as_str() == host), "{name}: seed {seed} is no cluster node");
+                assert!(
+                    nodes.iter().any(|n| n.as_str() == host),
+                    "{name}: seed {seed} is no cluster node"
+                );
             }
             assert!(
                 svc["depends_on"]["redis-cluster-init"]["condition"].as_str()
@@ -608,12 +646,19 @@ fn the_redis_cluster_profile_runs_the_app_on_a_3_plus_3_cluster() {
         }
     }
     let lb = all.get("lb-cluster").expect("an lb-cluster service");
-    let mounts: BTreeMap<String, String> = bind_mounts(lb).into_iter().map(|(s, t)| (t, s)).collect();
+    let mounts: BTreeMap<String, String> =
+        bind_mounts(lb).into_iter().map(|(s, t)| (t, s)).collect();
     let topology = read_repo_file(&mounts["/etc/nginx/topology.conf"]);
     for gw in ["gateway-c1:8080", "gateway-c2:8080"] {
-        assert!(topology.contains(gw), "lb-cluster's upstream names {gw}: {topology}");
+        assert!(
+            topology.contains(gw),
+            "lb-cluster's upstream names {gw}: {topology}"
+        );
     }
-    assert!(!topology.contains("gateway-1:"), "lb-cluster balances the cluster-mode gateways only");
+    assert!(
+        !topology.contains("gateway-1:"),
+        "lb-cluster balances the cluster-mode gateways only"
+    );
 }
 
 /// The checker itself: wrong names, and names of the other binary, are caught.

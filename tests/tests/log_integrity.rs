@@ -6,6 +6,7 @@
 //! - a queued job vanishes from the queue: its followers get a terminal `query_error` `unavailable`;
 //! - a session event the follower saw is renumbered (another event takes its seq) and the follower's live
 //!   link drops: after resubscribing it ends with `error unavailable` instead of skipping the new event.
+//!
 //! The live-link drop is `CLIENT KILL TYPE pubsub`, which cuts every subscriber of the shared Redis: the
 //! tests of this file run one at a time, and no other test binary runs meanwhile.
 
@@ -20,13 +21,20 @@ use tokio::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 async fn redis(cluster: &Cluster, cmd: &mut redis::Cmd) -> redis::Value {
-    cluster.redis_query(cmd).await.expect("a Redis command of the test")
+    cluster
+        .redis_query(cmd)
+        .await
+        .expect("a Redis command of the test")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_across_a_hole_in_the_log_ends_with_not_found_naming_it() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::builder("log_hole").gateways(1).workers(1).start().await;
+    let cluster = Cluster::builder("log_hole")
+        .gateways(1)
+        .workers(1)
+        .start()
+        .await;
     let mut c = cluster.query_client(0).await;
     let exec = c
         .execute(
@@ -50,21 +58,41 @@ async fn a_resume_across_a_hole_in_the_log_ends_with_not_found_naming_it() {
         }
         break f;
     };
-    assert_eq!(got, [3, 4, 5], "the events before the hole, then nothing past it");
+    assert_eq!(
+        got,
+        [3, 4, 5],
+        "the events before the hole, then nothing past it"
+    );
     assert_eq!(ty(&end), "error", "{}", short(&end));
     assert_eq!(end["payload"]["code"], "not_found", "{}", short(&end));
-    assert_eq!(end["payload"]["executionId"], json!(exec), "{}", short(&end));
+    assert_eq!(
+        end["payload"]["executionId"],
+        json!(exec),
+        "{}",
+        short(&end)
+    );
     assert_eq!(end["payload"]["afterSeq"], json!(5), "{}", short(&end));
     let message = end["payload"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("6..6"), "the error names the missing range: {message}");
+    assert!(
+        message.contains("6..6"),
+        "the error names the missing range: {message}"
+    );
     let extra = c.collect_for(Duration::from_millis(500)).await;
-    assert!(extra.iter().all(|f| !is_event_of(f, &exec)), "nothing after the error: {}", describe(&extra));
+    assert!(
+        extra.iter().all(|f| !is_event_of(f, &exec)),
+        "nothing after the error: {}",
+        describe(&extra)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_lost_under_a_running_worker_end_its_stream_explicitly() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::builder("log_lost_while_writing").gateways(1).workers(1).start().await;
+    let cluster = Cluster::builder("log_lost_while_writing")
+        .gateways(1)
+        .workers(1)
+        .start()
+        .await;
     let mut c = cluster.query_client(0).await;
     c.timeout = Duration::from_secs(60);
     let (exec, frames) = c.start_paced_stream("lost", 3).await;
@@ -85,29 +113,53 @@ async fn events_lost_under_a_running_worker_end_its_stream_explicitly() {
         redis::Value::Int(n) => n as u64,
         other => panic!("rewind: {other:?}"),
     };
-    assert!(last >= seen, "scenario: the follower saw up to {seen}, the log had {last}");
-    let mut rest = c.collect_execution_within(&exec, Duration::from_secs(60)).await;
+    assert!(
+        last >= seen,
+        "scenario: the follower saw up to {seen}, the log had {last}"
+    );
+    let mut rest = c
+        .collect_execution_within(&exec, Duration::from_secs(60))
+        .await;
     let terminal = rest.pop().expect("a terminal event");
     assert_eq!(ty(&terminal), "query_error", "{}", short(&terminal));
-    assert_eq!(terminal["payload"]["error"]["code"], "unavailable", "{}", short(&terminal));
-    let message = terminal["payload"]["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        terminal["payload"]["error"]["code"],
+        "unavailable",
+        "{}",
+        short(&terminal)
+    );
+    let message = terminal["payload"]["error"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(message.contains("lost in a Redis failover"), "{message}");
     // The follower got each event once, in order, up to the explicit end.
     let mut all = frames.clone();
     all.extend(rest);
     all.push(terminal.clone());
     for (i, f) in all.iter().enumerate() {
-        assert_eq!(seq_of(f), i as u64 + 1, "no gap, no repeat: {}", describe(&all));
+        assert_eq!(
+            seq_of(f),
+            i as u64 + 1,
+            "no gap, no repeat: {}",
+            describe(&all)
+        );
     }
     // A client resuming from before the hole is told about it instead of skipping it.
     let mut late = cluster.query_client(0).await;
     late.resume(&exec, 1).await;
     let end = late
-        .recv_until("the end of the resumed stream", |f| ty(f) == "error" || is_terminal(f))
+        .recv_until("the end of the resumed stream", |f| {
+            ty(f) == "error" || is_terminal(f)
+        })
         .await
         .pop()
         .expect("frames");
-    assert_eq!((ty(&end), end["payload"]["code"].as_str()), ("error", Some("not_found")), "{}", short(&end));
+    assert_eq!(
+        (ty(&end), end["payload"]["code"].as_str()),
+        ("error", Some("not_found")),
+        "{}",
+        short(&end)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,11 +175,25 @@ async fn a_queued_job_lost_from_the_queue_ends_with_an_explicit_error() {
     let mut c = cluster.query_client(0).await;
     let exec = c.execute("SELECT 1 AS one", None, Some("job")).await;
     let quiet = c.collect_for(Duration::from_millis(800)).await;
-    assert!(quiet.iter().all(|f| !is_event_of(f, &exec)), "scenario: still queued: {}", describe(&quiet));
+    assert!(
+        quiet.iter().all(|f| !is_event_of(f, &exec)),
+        "scenario: still queued: {}",
+        describe(&quiet)
+    );
     let jobs = format!("{}:{{jobs}}", cluster.prefix);
-    let removed = redis(&cluster, redis::cmd("XTRIM").arg(&jobs).arg("MAXLEN").arg(0)).await;
-    assert_eq!(removed, redis::Value::Int(1), "scenario: the one job removed");
-    let frames = c.collect_execution_within(&exec, Duration::from_secs(10)).await;
+    let removed = redis(
+        &cluster,
+        redis::cmd("XTRIM").arg(&jobs).arg("MAXLEN").arg(0),
+    )
+    .await;
+    assert_eq!(
+        removed,
+        redis::Value::Int(1),
+        "scenario: the one job removed"
+    );
+    let frames = c
+        .collect_execution_within(&exec, Duration::from_secs(10))
+        .await;
     assert_eq!(frames.len(), 1, "one terminal event: {}", describe(&frames));
     let f = &frames[0];
     assert_eq!((ty(f), seq_of(f)), ("query_error", 1), "{}", short(f));
@@ -135,21 +201,32 @@ async fn a_queued_job_lost_from_the_queue_ends_with_an_explicit_error() {
     // A client resuming later gets the same explicit end from the log.
     let mut late = cluster.query_client(0).await;
     late.resume(&exec, 0).await;
-    let replay = late.collect_execution_within(&exec, Duration::from_secs(10)).await;
+    let replay = late
+        .collect_execution_within(&exec, Duration::from_secs(10))
+        .await;
     assert_same_frames("resume of the lost execution", &replay, &frames);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip() {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::builder("log_session_renumbered").gateways(2).workers(0).start().await;
+    let cluster = Cluster::builder("log_session_renumbered")
+        .gateways(2)
+        .workers(0)
+        .start()
+        .await;
     let sid = format!("s-{}", uuid::Uuid::new_v4().simple());
     let mut a = cluster.collab(0, &sid, "alice", "Alice").await;
     let mut b = cluster.collab(1, &sid, "bob", "Bob").await;
-    a.wait_event("bob's join", DEFAULT_TIMEOUT, |f| ty(f) == "participant_joined").await;
+    a.wait_event("bob's join", DEFAULT_TIMEOUT, |f| {
+        ty(f) == "participant_joined"
+    })
+    .await;
     a.chat(Some("c1"), "m1", "first").await;
     a.ack("c1").await;
-    let m1 = b.wait_event("m1", DEFAULT_TIMEOUT, |f| ty(f) == "chat_message").await;
+    let m1 = b
+        .wait_event("m1", DEFAULT_TIMEOUT, |f| ty(f) == "chat_message")
+        .await;
     let k = seq_of(&m1);
     // A replica promoted without m1: its log and counter end before it.
     let keys = format!("{}:{{s:{sid}}}", cluster.prefix);
@@ -166,21 +243,33 @@ async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip()
             .arg(k),
     )
     .await;
-    assert_eq!(rewound, redis::Value::Int(k as i64 - 1), "scenario: counter back before m1");
+    assert_eq!(
+        rewound,
+        redis::Value::Int(k as i64 - 1),
+        "scenario: counter back before m1"
+    );
     // The failover cuts the live links; the followers resubscribe.
-    redis(&cluster, redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub")).await;
+    redis(
+        &cluster,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The next event takes m1's seq on the new log.
     a.chat(Some("c2"), "m2", "second").await;
     let answer = a.answer("c2", DEFAULT_TIMEOUT).await;
     assert_eq!(ty(&answer), "ack", "{}", short(&answer));
     let err: Value = b
-        .reply("the end of bob's stream", DEFAULT_TIMEOUT, |f| ty(f) == "error")
+        .reply("the end of bob's stream", DEFAULT_TIMEOUT, |f| {
+            ty(f) == "error"
+        })
         .await;
     assert_eq!(err["payload"]["code"], "unavailable", "{}", short(&err));
     assert_eq!(err["payload"]["sessionId"], json!(sid), "{}", short(&err));
     assert!(
-        b.events_of("chat_message").iter().all(|f| f["payload"]["message"]["id"] != json!("m2")),
+        b.events_of("chat_message")
+            .iter()
+            .all(|f| f["payload"]["message"]["id"] != json!("m2")),
         "bob never got m2 under m1's seq"
     );
 }

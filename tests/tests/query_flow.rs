@@ -128,7 +128,9 @@ both_redis_modes!(
     big_result_streams_in_order_and_resumes_on_another_node_after_completion_body
 );
 
-async fn big_result_streams_in_order_and_resumes_on_another_node_after_completion_body(mode: RedisMode) {
+async fn big_result_streams_in_order_and_resumes_on_another_node_after_completion_body(
+    mode: RedisMode,
+) {
     let cluster = Cluster::builder("query_flow_resume_after_completion")
         .redis(mode)
         .gateways(2)

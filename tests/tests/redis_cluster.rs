@@ -55,12 +55,19 @@ async fn follow(
             Some(f) => f,
             None => match client.next_frame(Duration::from_secs(45)).await {
                 Received::Frame(f) => f,
-                Received::Timeout => panic!("{label}: no frame for 45 s after seq {last_seq}: an endless wait"),
+                Received::Timeout => {
+                    panic!("{label}: no frame for 45 s after seq {last_seq}: an endless wait")
+                }
                 Received::Closed { code, error } => {
                     // The gateway closed the socket: reconnect elsewhere and resume.
                     resumes += 1;
-                    assert!(resumes < 60, "{label}: closed again and again ({code:?} {error:?})");
-                    client = cluster.query_client((i + resumes as usize) % cluster.gateways.len()).await;
+                    assert!(
+                        resumes < 60,
+                        "{label}: closed again and again ({code:?} {error:?})"
+                    );
+                    client = cluster
+                        .query_client((i + resumes as usize) % cluster.gateways.len())
+                        .await;
                     client.resume(exec, last_seq).await;
                     continue;
                 }
@@ -68,12 +75,20 @@ async fn follow(
         };
         if is_event_of(&f, exec) {
             let seq = seq_of(&f);
-            assert_eq!(seq, last_seq + 1, "{label}: seq must go on without gap or repeat: {}", short(&f));
+            assert_eq!(
+                seq,
+                last_seq + 1,
+                "{label}: seq must go on without gap or repeat: {}",
+                short(&f)
+            );
             last_seq = seq;
             if first_event_after.is_none() {
                 // The first event created after the fault (server clock = this machine's).
                 if let Some((t, fault_ms)) = *t0.borrow() {
-                    if f["payload"]["timestamp"].as_i64().is_some_and(|ts| ts > fault_ms) {
+                    if f["payload"]["timestamp"]
+                        .as_i64()
+                        .is_some_and(|ts| ts > fault_ms)
+                    {
                         first_event_after = Some(t.elapsed());
                     }
                 }
@@ -84,12 +99,20 @@ async fn follow(
             match ty(&f) {
                 "query_completed" => {
                     assert_rows_are_1_to(&rows, PACED_ROWS, &label);
-                    return Followed { outcome: Outcome::Complete, resumes, first_event_after };
+                    return Followed {
+                        outcome: Outcome::Complete,
+                        resumes,
+                        first_event_after,
+                    };
                 }
                 "query_error" | "query_cancelled" => {
                     check_rows_prefix(&rows, &label);
                     let what = format!("{}: {}", ty(&f), f["payload"]["error"]["message"]);
-                    return Followed { outcome: Outcome::ExplicitError(what), resumes, first_event_after };
+                    return Followed {
+                        outcome: Outcome::ExplicitError(what),
+                        resumes,
+                        first_event_after,
+                    };
                 }
                 _ => continue,
             }
@@ -109,11 +132,20 @@ async fn follow(
             };
         }
         if names_it {
-            assert_eq!(p["afterSeq"], json!(last_seq), "{label}: a cut stream names where to resume: {}", short(&f));
+            assert_eq!(
+                p["afterSeq"],
+                json!(last_seq),
+                "{label}: a cut stream names where to resume: {}",
+                short(&f)
+            );
         }
         // Cut (`unavailable`), or the resume itself was refused while Redis fails over: try again.
         resumes += 1;
-        assert!(resumes < 60, "{label}: still cut after 60 resumes: {}", short(&f));
+        assert!(
+            resumes < 60,
+            "{label}: still cut after 60 resumes: {}",
+            short(&f)
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         client.resume(exec, last_seq).await;
     }
@@ -121,14 +153,23 @@ async fn follow(
 
 fn check_rows_prefix(rows: &[Value], label: &str) {
     for (k, row) in rows.iter().enumerate() {
-        assert_eq!(row[0].as_u64(), Some(k as u64 + 1), "{label}: rows before an error are each once, in order");
+        assert_eq!(
+            row[0].as_u64(),
+            Some(k as u64 + 1),
+            "{label}: rows before an error are each once, in order"
+        );
     }
 }
 
 /// The port of the master serving `key`'s slot, from `CLUSTER NODES` of any live node.
 async fn master_port_of(key: &str) -> u16 {
     let mut con = redis_cluster_conn().await;
-    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut con).await.expect("KEYSLOT");
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut con)
+        .await
+        .expect("KEYSLOT");
     let nodes = cluster_nodes().await;
     nodes
         .iter()
@@ -148,19 +189,37 @@ struct ClusterNode {
 
 async fn cluster_nodes() -> Vec<ClusterNode> {
     for port in CLUSTER_PORTS {
-        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else { continue };
-        let Ok(Ok(mut con)) =
-            tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+            continue;
+        };
+        let Ok(Ok(mut con)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
         else {
             continue;
         };
-        let Ok(text) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut con).await else { continue };
+        let Ok(text) = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(&mut con)
+            .await
+        else {
+            continue;
+        };
         return text
             .lines()
             .filter(|l| !l.contains("fail"))
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                let port = f.get(1)?.split('@').next()?.rsplit(':').next()?.parse().ok()?;
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
                 let slots = f.iter().skip(8).filter_map(|r| {
                     let (a, b) = r.split_once('-').unwrap_or((r, r));
                     Some((a.parse().ok()?, b.parse().ok()?))
@@ -184,11 +243,18 @@ fn node_pid(port: u16) -> u32 {
         .args(["pid", &port.to_string()])
         .output()
         .expect("redis-cluster.sh pid");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("no pid for node {port}"))
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid for node {port}"))
 }
 
 fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill").success();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
     assert!(ok, "kill {sig} {pid} failed");
 }
 
@@ -211,18 +277,24 @@ async fn follow_all(
     streams: Vec<(Client, String, Vec<Value>)>,
     t0: tokio::sync::watch::Receiver<Option<(Instant, i64)>>,
 ) -> Vec<(String, Followed)> {
-    let tasks = streams.into_iter().enumerate().map(|(i, (c, exec, frames))| {
-        let t0 = t0.clone();
-        async move {
-            let f = follow(cluster, c, &exec, frames, i, &t0).await;
-            (exec, f)
-        }
-    });
+    let tasks = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, exec, frames))| {
+            let t0 = t0.clone();
+            async move {
+                let f = follow(cluster, c, &exec, frames, i, &t0).await;
+                (exec, f)
+            }
+        });
     futures_util::future::join_all(tasks).await
 }
 
 fn report(what: &str, results: &[(String, Followed)], on_victim: &[String]) {
-    let complete = results.iter().filter(|(_, f)| f.outcome == Outcome::Complete).count();
+    let complete = results
+        .iter()
+        .filter(|(_, f)| f.outcome == Outcome::Complete)
+        .count();
     let mut waits: Vec<Duration> = results
         .iter()
         .filter(|(exec, _)| on_victim.is_empty() || on_victim.contains(exec))
@@ -230,7 +302,11 @@ fn report(what: &str, results: &[(String, Followed)], on_victim: &[String]) {
         .collect();
     waits.sort();
     let resumes: u32 = results.iter().map(|(_, f)| f.resumes).sum();
-    let pct = |p: f64| waits.get(((waits.len() as f64 - 1.0) * p).round() as usize).copied();
+    let pct = |p: f64| {
+        waits
+            .get(((waits.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+    };
     println!(
         "FIGURE {what}: {} clients, {complete} complete with every row once, {} explicit errors, {resumes} resumes; \
          first new event after the fault on the {} streams it hit: p50 {:?}, max {:?}",
@@ -253,7 +329,12 @@ async fn cluster_on_redis_cluster(name: &str) -> Cluster {
         .gateways(2)
         .workers(2)
         .worker_args(["--concurrency", "12"])
-        .gateway_args(["--resync-interval-ms", "500", "--max-queries-per-user", "100"])
+        .gateway_args([
+            "--resync-interval-ms",
+            "500",
+            "--max-queries-per-user",
+            "100",
+        ])
         .start()
         .await
 }
@@ -284,13 +365,25 @@ async fn a_master_killed_mid_stream_under_20_clients_loses_nothing_silently() {
         let _ = t0_tx.send(Some((Instant::now(), now_ms())));
     };
     let (results, ()) = tokio::join!(follow, kill);
-    report(&format!("master :{victim} killed ({} of 20 executions on it)", on_victim.len()), &results, &on_victim);
+    report(
+        &format!(
+            "master :{victim} killed ({} of 20 executions on it)",
+            on_victim.len()
+        ),
+        &results,
+        &on_victim,
+    );
     // After the failover, the system works: a new query on the healed cluster completes.
     heal_cluster();
     let mut c = cluster.query_client(0).await;
     let exec = c.execute("SELECT 42 AS n", None, Some("after")).await;
-    let frames = c.collect_execution_within(&exec, Duration::from_secs(30)).await;
-    assert_eq!(check_full_stream(&exec, &frames).terminal_type(), "query_completed");
+    let frames = c
+        .collect_execution_within(&exec, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        check_full_stream(&exec, &frames).terminal_type(),
+        "query_completed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -301,7 +394,11 @@ async fn a_manual_failover_while_streams_are_followed_delivers_every_row() {
     let streams = start_streams(&cluster, 6).await;
     let master = master_port_of(&format!("{}:{{e:{}}}", cluster.prefix, streams[0].1)).await;
     let nodes = cluster_nodes().await;
-    let master_id = nodes.iter().find(|n| n.port == master).map(|n| n.id.clone()).expect("master listed");
+    let master_id = nodes
+        .iter()
+        .find(|n| n.port == master)
+        .map(|n| n.id.clone())
+        .expect("master listed");
     let replica = nodes
         .iter()
         .find(|n| !n.master && n.master_id == master_id)
@@ -312,19 +409,42 @@ async fn a_manual_failover_while_streams_are_followed_delivers_every_row() {
     let failover = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let client = redis::Client::open(format!("redis://127.0.0.1:{replica}")).expect("url");
-        let mut con = client.get_multiplexed_async_connection().await.expect("replica");
-        let _: () = redis::cmd("CLUSTER").arg("FAILOVER").query_async(&mut con).await.expect("CLUSTER FAILOVER");
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("replica");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut con)
+            .await
+            .expect("CLUSTER FAILOVER");
         let _ = t0_tx.send(Some((Instant::now(), now_ms())));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster_nodes().await.iter().find(|n| n.port == replica).is_some_and(|n| !n.master) {
-            assert!(Instant::now() < deadline, "the replica {replica} did not take over");
+        while cluster_nodes()
+            .await
+            .iter()
+            .find(|n| n.port == replica)
+            .is_some_and(|n| !n.master)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica {replica} did not take over"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let (results, ()) = tokio::join!(follow, failover);
-    report(&format!("CLUSTER FAILOVER of :{master} to :{replica}"), &results, &[]);
+    report(
+        &format!("CLUSTER FAILOVER of :{master} to :{replica}"),
+        &results,
+        &[],
+    );
     for (exec, f) in &results {
-        assert_eq!(f.outcome, Outcome::Complete, "{exec}: a manual failover loses nothing");
+        assert_eq!(
+            f.outcome,
+            Outcome::Complete,
+            "{exec}: a manual failover loses nothing"
+        );
     }
     heal_cluster();
 }
@@ -354,6 +474,11 @@ async fn the_whole_cluster_frozen_for_3_s_recovers_without_restarts() {
     heal_cluster();
     let mut c = cluster.query_client(1).await;
     let exec = c.execute("SELECT 7 AS n", None, Some("after")).await;
-    let frames = c.collect_execution_within(&exec, Duration::from_secs(30)).await;
-    assert_eq!(check_full_stream(&exec, &frames).terminal_type(), "query_completed");
+    let frames = c
+        .collect_execution_within(&exec, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        check_full_stream(&exec, &frames).terminal_type(),
+        "query_completed"
+    );
 }

@@ -27,7 +27,17 @@ impl TlsRedis {
         std::fs::create_dir_all(dir).expect("log dir");
         let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
         let made = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
@@ -35,28 +45,52 @@ impl TlsRedis {
             .stdin(Stdio::null())
             .output()
             .expect("openssl");
-        assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let port = free_port();
         let log = std::fs::File::create(dir.join("redis.log")).expect("log file");
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .arg("--tls-cert-file")
             .arg(&cert)
             .arg("--tls-key-file")
             .arg(&key)
             .arg("--tls-ca-cert-file")
             .arg(&cert)
-            .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone")))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server with TLS");
-        let server = TlsRedis { port, _child: child };
+        let server = TlsRedis {
+            port,
+            _child: child,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !server.answers() {
-            assert!(Instant::now() < deadline, "the TLS redis-server did not answer");
+            assert!(
+                Instant::now() < deadline,
+                "the TLS redis-server did not answer"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         server
@@ -86,7 +120,10 @@ impl TlsRedis {
 async fn gateways_and_workers_run_on_a_tls_redis() {
     let dir = target_dir().join("test-logs").join("redis_tls-redis");
     let redis = TlsRedis::start(&dir).await;
-    assert!(redis.refuses_plain(), "scenario check: the Redis must speak TLS only");
+    assert!(
+        redis.refuses_plain(),
+        "scenario check: the Redis must speak TLS only"
+    );
     let cluster = Cluster::builder("redis_tls")
         .gateways(2)
         .workers(1)
@@ -100,13 +137,17 @@ async fn gateways_and_workers_run_on_a_tls_redis() {
             Some("tls-1"),
         )
         .await;
-    let frames = a.collect_execution_within(&exec, Duration::from_secs(60)).await;
+    let frames = a
+        .collect_execution_within(&exec, Duration::from_secs(60))
+        .await;
     let summary = check_full_stream(&exec, &frames);
     assert_eq!(summary.terminal_type(), "query_completed");
     assert_rows_are_1_to(&summary.rows, 20_000, "over TLS");
     // A resume on the other gateway replays the log over TLS too.
     let mut b = cluster.query_client(1).await;
     b.resume(&exec, 3).await;
-    let replay = b.collect_execution_within(&exec, Duration::from_secs(30)).await;
+    let replay = b
+        .collect_execution_within(&exec, Duration::from_secs(30))
+        .await;
     assert_same_frames("resume over TLS", &replay, &frames[3..]);
 }

@@ -248,7 +248,9 @@ impl Relay {
                 .await;
             return Ok(Flow::Done);
         }
-        if matches!(info.state.as_str(), "pending" | "queued") && self.bus.end_if_orphaned(id).await? {
+        if matches!(info.state.as_str(), "pending" | "queued")
+            && self.bus.end_if_orphaned(id).await?
+        {
             return self.catch_up().await;
         }
         Ok(Flow::Continue)

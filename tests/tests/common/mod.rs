@@ -910,7 +910,8 @@ pub async fn cluster_scan(pattern: &str) -> Vec<String> {
             continue;
         };
         let role: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query_async(&mut con).await;
-        let is_master = matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master");
+        let is_master =
+            matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master");
         if is_master {
             if let Ok(found) = scan_keys(&mut con, pattern).await {
                 keys.extend(found);

@@ -23,7 +23,9 @@ use crate::bus::BusError;
 pub(super) type SharedSink = Arc<AsyncMutex<Option<PubSubSink>>>;
 
 /// Opens the classic pub/sub connection on the first of `nodes` that accepts it.
-pub(super) async fn connect(nodes: &[ConnectionInfo]) -> Result<(PubSubSink, PubSubStream), BusError> {
+pub(super) async fn connect(
+    nodes: &[ConnectionInfo],
+) -> Result<(PubSubSink, PubSubStream), BusError> {
     let mut last = BusError::Unavailable("no Redis node to subscribe on".into());
     for info in nodes {
         match Client::open(info.clone()) {

@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -52,7 +54,8 @@ impl Endpoints {
         }
         if !cluster && parts.len() > 1 {
             return Err(BusError::Unavailable(
-                "--redis-url lists several nodes: add --redis-cluster (C2S_REDIS_CLUSTER=true)".into(),
+                "--redis-url lists several nodes: add --redis-cluster (C2S_REDIS_CLUSTER=true)"
+                    .into(),
             ));
         }
         let seeds = parts
@@ -65,7 +68,10 @@ impl Endpoints {
     /// The command connection.
     pub async fn commands(&self) -> Result<Conn, BusError> {
         if self.cluster {
-            let conn = self.cluster_client(RESPONSE_TIMEOUT)?.get_async_connection().await?;
+            let conn = self
+                .cluster_client(RESPONSE_TIMEOUT)?
+                .get_async_connection()
+                .await?;
             return Ok(Conn::Cluster(conn));
         }
         let client = Client::open(self.seeds[0].clone())?;
@@ -88,7 +94,10 @@ impl Endpoints {
     pub async fn blocking(&self, block: Duration) -> Result<Conn, BusError> {
         let patience = block + RESPONSE_TIMEOUT;
         if self.cluster {
-            let conn = self.cluster_client(patience)?.get_async_connection().await?;
+            let conn = self
+                .cluster_client(patience)?
+                .get_async_connection()
+                .await?;
             return Ok(Conn::Cluster(conn));
         }
         let client = Client::open(self.seeds[0].clone())?;
@@ -193,7 +202,12 @@ impl ConnectionLike for Conn {
 impl Conn {
     /// `WAIT replicas timeout` on the node that serves `key`'s slot (where the caller just wrote it);
     /// returns how many replicas acknowledged.
-    pub async fn wait_on(&mut self, key: &str, replicas: u32, timeout: Duration) -> Result<i64, BusError> {
+    pub async fn wait_on(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<i64, BusError> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(timeout.as_millis() as u64);
         let reply: Value = match self {

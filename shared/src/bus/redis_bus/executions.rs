@@ -6,6 +6,7 @@
 //! 2. `exec_create` (execution slot): state `pending`, stamped with the server's time;
 //! 3. `XADD` of the job (queue slot), then `WAIT` for replicas when configured;
 //! 4. `exec_enqueued` (execution slot): `pending` -> `queued`, recording the job's entry id.
+//!
 //! The client's `ack` is sent only after step 4. A crash (or an error) between two steps leaves:
 //! - after 1: a slot held with no execution: it expires with its lease (`C2S_USER_LEASE_SECS`), or is
 //!   given back at once when a later step fails with an error;
@@ -49,7 +50,11 @@ enum Appended {
 }
 
 impl RedisBus {
-    pub(super) async fn enqueue_steps(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
+    pub(super) async fn enqueue_steps(
+        &self,
+        job: &Job,
+        max_per_user: usize,
+    ) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
         let leased: i64 = self
             .scripts
@@ -141,12 +146,18 @@ impl RedisBus {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let acked = conn.wait_on(key, wanted, self.settings.wait_timeout).await?;
+        let acked = conn
+            .wait_on(key, wanted, self.settings.wait_timeout)
+            .await?;
         note_shortfall(acked, wanted);
         Ok(())
     }
 
-    pub(super) async fn release_lease(&self, owner: &str, execution_id: &str) -> Result<(), BusError> {
+    pub(super) async fn release_lease(
+        &self,
+        owner: &str,
+        execution_id: &str,
+    ) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("ZREM")
             .arg(self.keys.user_running(owner))
@@ -168,7 +179,11 @@ impl RedisBus {
 
     /// Appends and publishes one event, retrying through a failover; ends the stream explicitly when the
     /// log lost events this writer had written. Frees the owner's slot after a terminal event.
-    pub(super) async fn publish(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
+    pub(super) async fn publish(
+        &self,
+        execution_id: &str,
+        event: &BusEvent,
+    ) -> Result<(), BusError> {
         let deadline = tokio::time::Instant::now() + self.settings.publish_retry;
         let mut delay = Duration::from_millis(50);
         let appended = loop {
@@ -184,7 +199,9 @@ impl RedisBus {
         };
         let owner = match appended {
             Appended::Yes(owner) => owner,
-            Appended::LogLost(last) => return Err(self.end_lost_log(execution_id, event.seq, last).await),
+            Appended::LogLost(last) => {
+                return Err(self.end_lost_log(execution_id, event.seq, last).await)
+            }
         };
         if event.terminal && !owner.is_empty() {
             self.release_lease(&owner, execution_id).await?;
@@ -213,7 +230,9 @@ impl RedisBus {
             .arg(self.settings.event_ttl.as_secs())
             .arg(u8::from(force));
         let reply = match self.write_and_wait::<(i64, String)>(evalsha.clone()).await {
-            Err(BusError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(BusError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
                 let mut conn = self.conn.clone();
                 script.prepare_invoke().load_async(&mut conn).await?;
                 self.write_and_wait::<(i64, String)>(evalsha).await
@@ -328,7 +347,7 @@ fn note_shortfall(acked: i64, wanted: u32) {
         return;
     }
     let n = WAIT_SHORTFALLS.fetch_add(1, Ordering::Relaxed);
-    if n % 1000 == 0 {
+    if n.is_multiple_of(1000) {
         tracing::warn!(
             acked,
             wanted,
@@ -361,7 +380,9 @@ fn retryable(e: &RedisError) -> bool {
         || e.is_cluster_error()
         || matches!(
             e.kind(),
-            redis::ErrorKind::Server(S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading | S::ReadOnly)
+            redis::ErrorKind::Server(
+                S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading | S::ReadOnly
+            )
         )
         || e.code().is_none()
 }

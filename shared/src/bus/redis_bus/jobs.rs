@@ -38,7 +38,6 @@ impl RedisBus {
         }
     }
 
-
     /// The connection for blocking reads, made on first use and after a failure.
     async fn blocking_conn(&self, block: Duration) -> Result<Conn, BusError> {
         let mut slot = self.blocking.lock().await;

@@ -441,4 +441,3 @@ impl Bus for RedisBus {
         Ok(())
     }
 }
-

@@ -26,8 +26,8 @@ pub(super) fn field_bytes<'a>(
 
 /// An event log entry as a [`BusEvent`].
 pub(super) fn event_of_entry(entry: &StreamId) -> Result<BusEvent, BusError> {
-    let seq =
-        seq_of_entry(&entry.id).ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
+    let seq = seq_of_entry(&entry.id)
+        .ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
     let terminal = field_bytes(&entry.map, "t") == Some(b"1");
     let frame = field_bytes(&entry.map, "f")
         .ok_or_else(|| BusError::Malformed(format!("event {} has no frame", entry.id)))?;

@@ -10,7 +10,10 @@ use redis::Script;
 
 /// The session scripts share `session_lib.lua` (a function, no KEYS of its own), prepended to each.
 fn session_script(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("../lua/session_lib.lua")))
+    Script::new(&format!(
+        "{}\n{body}",
+        include_str!("../lua/session_lib.lua")
+    ))
 }
 
 pub(super) struct Scripts {
@@ -80,7 +83,9 @@ mod tests {
             // KEYS and ARGV are read only in the leading block of locals.
             let body_start = code
                 .iter()
-                .position(|l| !(l.starts_with("local ") || l.starts_with("  ") || l.starts_with('}')))
+                .position(|l| {
+                    !(l.starts_with("local ") || l.starts_with("  ") || l.starts_with('}'))
+                })
                 .unwrap_or(code.len());
             for line in &code[body_start..] {
                 assert!(
@@ -89,7 +94,10 @@ mod tests {
                 );
             }
             for banned in ["string.match(KEYS", "..':", ".. ':", "string.gsub(KEYS"] {
-                assert!(!file.contains(banned), "a script builds or parses a key ({banned}):\n{file}");
+                assert!(
+                    !file.contains(banned),
+                    "a script builds or parses a key ({banned}):\n{file}"
+                );
             }
         }
     }

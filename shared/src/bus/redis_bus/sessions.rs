@@ -8,6 +8,7 @@
 //!   nothing. A full session removes the entry again.
 //! - leave runs the leave script **before** removing the node's entry; a crash in between leaves an entry
 //!   whose participant is gone: the reaper's leave is again a no-op, then the entry goes with the node.
+//!
 //! So a participant is never in a session without its node knowing it (it would never be reaped).
 //!
 //! With `C2S_REDIS_WAIT_REPLICAS` > 0 each change waits for replicas before it is acknowledged. A failover
@@ -70,7 +71,8 @@ impl RedisBus {
             .arg(r.chat_history)
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(r.session_id)).await?;
+        self.wait_after(&self.keys.session_events(r.session_id))
+            .await?;
         let outcome = parse_join(reply)?;
         if outcome == JoinOutcome::Full {
             self.node_entry(false, r.node_id, r.session_id, r.participant_id)
@@ -93,7 +95,8 @@ impl RedisBus {
             .arg(left_frame)
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
         self.node_entry(false, node_id, session_id, participant_id)
             .await?;
         Ok((seq > 0).then_some(seq))
@@ -116,7 +119,8 @@ impl RedisBus {
             .arg(frame)
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
         let decode = |what: &str| BusError::Malformed(format!("session update reply: {what}"));
         Ok(if applied == 1 {
             UpdateOutcome::Applied {
@@ -146,7 +150,8 @@ impl RedisBus {
             .arg(frame)
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
         Ok(seq)
     }
 
@@ -167,7 +172,8 @@ impl RedisBus {
             .arg(self.settings.idempotency_ttl.as_secs())
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
         Ok((seq > 0).then_some(seq))
     }
 
@@ -178,7 +184,8 @@ impl RedisBus {
             .arg(frame)
             .invoke_async(&mut conn)
             .await?;
-        self.wait_after(&self.keys.session_events(session_id)).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
         Ok(seq)
     }
 }

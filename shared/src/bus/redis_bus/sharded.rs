@@ -149,7 +149,8 @@ impl Actor {
                     channel,
                 } => {
                     if self.on_lost(&node, generation, channel) {
-                        repair_at = Some(repair_at.map_or(Instant::now(), |at| at.min(Instant::now())));
+                        repair_at =
+                            Some(repair_at.map_or(Instant::now(), |at| at.min(Instant::now())));
                     }
                 }
             }
@@ -219,7 +220,10 @@ impl Actor {
         }
         self.count_unplaced();
         if left == 0 {
-            tracing::info!(channels = self.wanted.len(), "sharded pub/sub subscriptions restored");
+            tracing::info!(
+                channels = self.wanted.len(),
+                "sharded pub/sub subscriptions restored"
+            );
             self.backoff = RECONNECT_MIN;
             return None;
         }
@@ -274,7 +278,9 @@ impl Actor {
             }
             Err(_) => {
                 self.drop_link(node);
-                Err(BusError::Unavailable(format!("SSUBSCRIBE on {node} timed out")))
+                Err(BusError::Unavailable(format!(
+                    "SSUBSCRIBE on {node} timed out"
+                )))
             }
         }
     }
@@ -348,9 +354,10 @@ impl Actor {
         if !self.endpoints.cluster {
             let addr = self.endpoints.seeds[0].addr();
             let (host, port) = match addr {
-                redis::ConnectionAddr::Tcp(h, p) | redis::ConnectionAddr::TcpTls { host: h, port: p, .. } => {
-                    (h.clone(), *p)
-                }
+                redis::ConnectionAddr::Tcp(h, p)
+                | redis::ConnectionAddr::TcpTls {
+                    host: h, port: p, ..
+                } => (h.clone(), *p),
                 other => (other.to_string(), 0),
             };
             self.map = SlotMap::single(NodeAddr { host, port });
@@ -379,7 +386,9 @@ impl Actor {
 
 async fn read_slots(info: redis::ConnectionInfo) -> Result<SlotMap, BusError> {
     let host = match info.addr() {
-        redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => h.clone(),
+        redis::ConnectionAddr::Tcp(h, _) | redis::ConnectionAddr::TcpTls { host: h, .. } => {
+            h.clone()
+        }
         other => other.to_string(),
     };
     let client = Client::open(info)?;
@@ -438,7 +447,8 @@ impl AsyncPushSender for NodePush {
                 }
             }
             PushKind::SUnsubscribe => {
-                let channel = text(info.data.first()).map(|c| String::from_utf8_lossy(c).into_owned());
+                let channel =
+                    text(info.data.first()).map(|c| String::from_utf8_lossy(c).into_owned());
                 let _ = self.control.send(lost(channel));
             }
             PushKind::Disconnection => {
