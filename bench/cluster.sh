@@ -3,7 +3,8 @@
 # run, with the same release binaries (2 gateways, 1 worker) and the same loadgen scenarios:
 #   - loadgen stream: 1M rows x 5 columns from a table, rows/s (3 runs);
 #   - loadgen fanout: 1000 participants in 10 sessions on 2 gateways, p99 and deliveries/s (rate 100, 200);
-#   - the cost of WAIT: the stream again on the cluster with C2S_REDIS_WAIT_REPLICAS=0;
+#   - the cost of WAIT: the streams again on the cluster with C2S_REDIS_WAIT_REPLICAS=0, and a stream of
+#     many small events (100k rows in 1000 chunks of 100) whose time per event shows WAIT's round trip;
 #   - per-master INFO commandstats around one execution: its traffic stays on its shard.
 # Figures (JSON) go to bench/results/cluster/; bench/README.md quotes them.
 #
@@ -31,6 +32,7 @@ psql "$PG/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = 'c2s_bench'
 psql "$PG/c2s_bench" -qc "CREATE TABLE IF NOT EXISTS stream_rows AS SELECT g AS id, g * 2 AS doubled,
   md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
 TABLE_QUERY="SELECT id, doubled, hash, bucket, at FROM stream_rows"
+SMALL_QUERY="SELECT id, doubled, hash, bucket, at FROM stream_rows WHERE id <= 100000"
 
 wait_port() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; echo "gateway :$1 not ready" >&2; exit 1; }
 
@@ -47,8 +49,14 @@ start() {
   wait_port 18711; wait_port 18712; sleep 1
 }
 
+small_events() { # small_events <label>: 1000 events of 100 rows (plus progress events)
+  "$BIN/loadgen" --url ws://127.0.0.1:18711 --json "$OUT/stream-small-$1.json" --pid "$GA,$W" \
+    stream --runs 3 --query "$SMALL_QUERY" --chunk-size 100
+}
+
 scenarios() { # scenarios <label>
   local label=$1
+  small_events "$label"
   "$BIN/loadgen" --url ws://127.0.0.1:18711 --json "$OUT/stream-$label.json" --pid "$GA,$W" \
     stream --runs 3 --query "$TABLE_QUERY"
   for rate in 100 200; do
@@ -82,6 +90,7 @@ stop_all
 
 echo "== Redis Cluster without WAIT" >&2
 start cluster-nowait --redis-url "$SEEDS" --redis-cluster --redis-wait-replicas 0
+small_events cluster-nowait
 "$BIN/loadgen" --url ws://127.0.0.1:18711 --json "$OUT/stream-cluster-nowait.json" --pid "$GA,$W" \
   stream --runs 3 --query "$TABLE_QUERY"
 stop_all
