@@ -149,10 +149,14 @@ impl Actor {
                     channel,
                 } => {
                     if self.on_lost(&node, generation, channel) {
-                        repair_at =
-                            Some(repair_at.map_or(Instant::now(), |at| at.min(Instant::now())));
+                        repair_at = Some(Instant::now());
                     }
                 }
+            }
+            // Whatever unplaced a channel (a lost link, a failed command on a shared link), it is
+            // repaired: now, or at the time the backoff already set.
+            if repair_at.is_none() && self.wanted.values().any(Option::is_none) {
+                repair_at = Some(Instant::now());
             }
             self.count_unplaced();
         }
