@@ -25,7 +25,7 @@ it('an execution that vanishes from Redis ends as lost (not_found, matched by ex
   const handle = c.executeQuery('SELECT 1 AS one', { buffer: false });
   const executionId = await handle.accepted;
   const url = new URL(REDIS_URL);
-  const del = spawnSync('redis-cli', ['-h', url.hostname, '-p', url.port || '6379', 'DEL', `${prefix}:exec:${executionId}`], {
+  const del = spawnSync('redis-cli', ['-h', url.hostname, '-p', url.port || '6379', 'DEL', `${prefix}:{e:${executionId}}`], {
     encoding: 'utf8',
   });
   expect(del.stdout.trim()).toBe('1');
