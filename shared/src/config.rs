@@ -115,6 +115,11 @@ pub struct BusArgs {
     #[arg(long, env = "C2S_REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
     pub redis_wait_timeout_ms: u64,
 
+    /// After a write reached fewer replicas than asked (e.g. a promoted master without its replica yet),
+    /// how long (ms) writes to its slot do not wait for replicas.
+    #[arg(long, env = "C2S_REDIS_WAIT_BACKOFF_MS", default_value_t = 10_000)]
+    pub redis_wait_backoff_ms: u64,
+
     /// How long (ms) a worker retries publishing an event while Redis fails over.
     #[arg(long, env = "C2S_PUBLISH_RETRY_MS", default_value_t = 10_000)]
     pub publish_retry_ms: u64,
@@ -177,6 +182,7 @@ impl BusArgs {
                 .redis_wait_replicas
                 .unwrap_or(u32::from(self.redis_cluster)),
             wait_timeout: Duration::from_millis(self.redis_wait_timeout_ms),
+            wait_backoff: Duration::from_millis(self.redis_wait_backoff_ms),
             publish_retry: Duration::from_millis(self.publish_retry_ms),
             enqueue_grace: Duration::from_millis(self.enqueue_grace_ms),
         }

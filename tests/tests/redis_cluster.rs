@@ -14,6 +14,12 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+/// 20 000 rows paced by the database (every 200th row sleeps 50 ms): about 5 s from the first chunk to the
+/// last, in 100 chunks of 200, light enough for 20 at once on a small machine.
+const QUERY: &str = "SELECT g AS n, md5(g::text) AS h FROM generate_series(1,20000) g \
+     WHERE CASE WHEN g % 200 = 0 THEN pg_sleep(0.05) IS NOT NULL ELSE true END";
+const ROWS: u64 = 20_000;
+
 /// The tests share the local cluster and break it on purpose: one at a time.
 static CLUSTER_LOCK: Mutex<()> = Mutex::const_new(());
 
@@ -98,7 +104,7 @@ async fn follow(
             }
             match ty(&f) {
                 "query_completed" => {
-                    assert_rows_are_1_to(&rows, PACED_ROWS, &label);
+                    assert_rows_are_1_to(&rows, ROWS, &label);
                     return Followed {
                         outcome: Outcome::Complete,
                         resumes,
@@ -258,16 +264,33 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
-/// Starts `n` paced streams (chunks of 1000 rows) spread over the gateways; returns the clients with the
-/// frames read so far (at least 2 chunks each).
+/// Starts `n` paced streams ([`QUERY`]) at once, spread over the gateways; returns the clients with the
+/// frames read so far (the first chunk of each: the streams are running, far from their end).
 async fn start_streams(cluster: &Cluster, n: usize) -> Vec<(Client, String, Vec<Value>)> {
-    let mut out = Vec::new();
-    for i in 0..n {
+    let t = Instant::now();
+    let starts = (0..n).map(|i| async move {
         let mut c = cluster.query_client(i % cluster.gateways.len()).await;
         c.timeout = Duration::from_secs(60);
-        let (exec, frames) = c.start_paced_stream(&format!("s-{i}"), 2).await;
-        out.push((c, exec, frames));
-    }
+        let exec = c
+            .execute(
+                QUERY,
+                Some(json!({"chunkSize": 200, "rowFormat": "arrays", "timeoutMs": 120_000})),
+                Some(&format!("s-{i}")),
+            )
+            .await;
+        let frames = c
+            .recv_events_until(&exec, Some(Duration::from_secs(60)), |f| {
+                ty(f) == "data_chunk" || is_terminal(f)
+            })
+            .await;
+        assert!(
+            !is_terminal(frames.last().expect("events")),
+            "scenario: still streaming"
+        );
+        (c, exec, frames)
+    });
+    let out = futures_util::future::join_all(starts).await;
+    println!("started {n} streams in {:?}", t.elapsed());
     out
 }
 
@@ -339,6 +362,66 @@ async fn cluster_on_redis_cluster(name: &str) -> Cluster {
         .await
 }
 
+/// A session id whose keys live on the master at `port` (found by trying names).
+async fn session_on(port: u16, prefix: &str) -> String {
+    for i in 0..10_000 {
+        let sid = format!("probe-{i}");
+        if master_port_of(&format!("{prefix}:{{s:{sid}}}:seq")).await == port {
+            return sid;
+        }
+    }
+    panic!("no session id maps to the master :{port}");
+}
+
+/// Sends a chat message into session `sid` every 100 ms until one sent after the fault (`t0`) is
+/// acknowledged — a write that went through on the shard again; returns the time from the fault to that
+/// ack. The messages before the fault must be acknowledged too (the probe works).
+async fn probe_writes(
+    cluster: &Cluster,
+    sid: &str,
+    t0: tokio::sync::watch::Receiver<Option<(Instant, i64)>>,
+) -> Duration {
+    let path = format!("/ws/collaboration/{sid}?user=probe&name=Probe");
+    let mut c = cluster.client(1, &path).await;
+    let mut sent_after: std::collections::HashSet<String> = Default::default();
+    let mut acked_before = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "no chat write went through within 60 s of the fault"
+        );
+        let id = format!("p-{n}");
+        let fault = *t0.borrow();
+        if fault.is_some() {
+            sent_after.insert(id.clone());
+        }
+        c.send_json(chat_frame(Some(&id), &format!("m-{n}"), "probe"))
+            .await;
+        let until = Instant::now() + Duration::from_millis(100);
+        while let Some(f) = c
+            .try_recv_json(until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            let acked = (ty(&f) == "ack")
+                .then(|| f["payload"]["id"].as_str().unwrap_or_default().to_owned());
+            match (acked, fault) {
+                (Some(id), Some((t, _))) if sent_after.contains(&id) => return t.elapsed(),
+                (Some(_), None) => acked_before += 1,
+                _ => {}
+            }
+        }
+        if fault.is_none() {
+            continue;
+        }
+        assert!(
+            acked_before > 0,
+            "scenario check: the probe's writes went through before the fault"
+        );
+    }
+    unreachable!()
+}
+
 /// Restores the shared cluster for the next test (restarts killed nodes; they rejoin as replicas).
 fn heal_cluster() {
     run_redis_cluster_up().unwrap_or_else(|e| panic!("the cluster did not heal: {e}"));
@@ -357,14 +440,20 @@ async fn a_master_killed_mid_stream_under_20_clients_loses_nothing_silently() {
             on_victim.push(exec.clone());
         }
     }
+    let probe_sid = session_on(victim, &cluster.prefix).await;
     let (t0_tx, t0) = tokio::sync::watch::channel(None);
+    let probe = probe_writes(&cluster, &probe_sid, t0.clone());
     let follow = follow_all(&cluster, streams, t0);
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         signal(node_pid(victim), "-KILL");
         let _ = t0_tx.send(Some((Instant::now(), now_ms())));
     };
-    let (results, ()) = tokio::join!(follow, kill);
+    let (results, writes_back, ()) = tokio::join!(follow, probe, kill);
+    println!(
+        "FIGURE master :{victim} killed: the first write on its shard (a chat message) went through \
+         {writes_back:?} after the kill"
+    );
     report(
         &format!(
             "master :{victim} killed ({} of 20 executions on it)",

@@ -236,6 +236,8 @@ pub struct BusSettings {
     pub wait_replicas: u32,
     /// How long a write waits for them.
     pub wait_timeout: Duration,
+    /// After a write found fewer replicas than asked, how long writes to its slot do not wait.
+    pub wait_backoff: Duration,
     /// How long a worker retries publishing an event while Redis is failing over.
     pub publish_retry: Duration,
     /// An execution still `pending` (accepted, its job never recorded as queued) this long was abandoned.
@@ -256,6 +258,7 @@ impl Default for BusSettings {
             chat_max_len: 1_000,
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(500),
+            wait_backoff: Duration::from_secs(10),
             publish_retry: Duration::from_secs(10),
             enqueue_grace: Duration::from_secs(30),
         }

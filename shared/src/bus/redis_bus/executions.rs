@@ -28,7 +28,6 @@
 //! `WAIT` in the same round trip: an event the worker moved past is on a replica, so a single master
 //! failure loses at most the event in flight, which the retry writes again identically.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{RedisError, Value};
@@ -37,9 +36,6 @@ use super::RedisBus;
 use crate::bus::{BusError, BusEvent, Job};
 use crate::codes::QueryErrorCode;
 use crate::protocol::{QueryError, QueryErrorDetail, ServerFrame, ServerMessage};
-
-/// How many writes returned from `WAIT` with fewer replicas than asked (logged every 1000th).
-static WAIT_SHORTFALLS: AtomicU64 = AtomicU64::new(0);
 
 /// What an append found.
 enum Appended {
@@ -99,7 +95,9 @@ impl RedisBus {
         }
         let mut xadd = redis::cmd("XADD");
         xadd.arg(self.keys.jobs()).arg("*").arg("job").arg(body);
-        let (job_id, _) = self.write_and_wait::<String>(xadd).await?;
+        let (job_id, _) = self
+            .write_and_wait::<String>(xadd, &self.keys.jobs())
+            .await?;
         let before: String = self
             .scripts
             .exec_enqueued
@@ -116,15 +114,16 @@ impl RedisBus {
         }
     }
 
-    /// Runs a write, then (when configured) `WAIT`s for replicas in the same round trip, on the same node.
-    /// A shortfall is logged: the write stands (its master has it; a failover meanwhile is detected by
-    /// the checks described above).
+    /// Runs a write to `key`'s slot, then (when configured, see `replicas.rs`) `WAIT`s for replicas in
+    /// the same round trip, on the same node. A shortfall does not fail the write: its master has it (a
+    /// failover meanwhile is detected by the checks described above).
     async fn write_and_wait<T: redis::FromRedisValue>(
         &self,
         write: redis::Cmd,
+        key: &str,
     ) -> Result<(T, i64), BusError> {
         let mut conn = self.conn.clone();
-        let wanted = self.settings.wait_replicas;
+        let wanted = self.replicas.wanted_for(key);
         if wanted == 0 {
             let value: T = write.query_async(&mut conn).await?;
             return Ok((value, 0));
@@ -133,23 +132,21 @@ impl RedisBus {
         pipe.add_command(write)
             .cmd("WAIT")
             .arg(wanted)
-            .arg(self.settings.wait_timeout.as_millis() as u64);
+            .arg(self.replicas.timeout.as_millis() as u64);
         let (value, acked): (T, i64) = pipe.query_async(&mut conn).await?;
-        note_shortfall(acked, wanted);
+        self.replicas.record(key, acked, wanted);
         Ok((value, acked))
     }
 
     /// After a write to `key`'s slot made by one script call: waits for the configured replicas there.
     pub(super) async fn wait_after(&self, key: &str) -> Result<(), BusError> {
-        let wanted = self.settings.wait_replicas;
+        let wanted = self.replicas.wanted_for(key);
         if wanted == 0 {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let acked = conn
-            .wait_on(key, wanted, self.settings.wait_timeout)
-            .await?;
-        note_shortfall(acked, wanted);
+        let acked = conn.wait_on(key, wanted, self.replicas.timeout).await?;
+        self.replicas.record(key, acked, wanted);
         Ok(())
     }
 
@@ -229,13 +226,18 @@ impl RedisBus {
             .arg(self.settings.event_stream_max_len)
             .arg(self.settings.event_ttl.as_secs())
             .arg(u8::from(force));
-        let reply = match self.write_and_wait::<(i64, String)>(evalsha.clone()).await {
+        let state_key = self.keys.execution(execution_id);
+        let reply = match self
+            .write_and_wait::<(i64, String)>(evalsha.clone(), &state_key)
+            .await
+        {
             Err(BusError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 let mut conn = self.conn.clone();
                 script.prepare_invoke().load_async(&mut conn).await?;
-                self.write_and_wait::<(i64, String)>(evalsha).await
+                self.write_and_wait::<(i64, String)>(evalsha, &state_key)
+                    .await
             }
             other => other,
         };
@@ -339,21 +341,6 @@ impl RedisBus {
             }
         }
         Ok(seq > 0)
-    }
-}
-
-fn note_shortfall(acked: i64, wanted: u32) {
-    if acked >= i64::from(wanted) {
-        return;
-    }
-    let n = WAIT_SHORTFALLS.fetch_add(1, Ordering::Relaxed);
-    if n.is_multiple_of(1000) {
-        tracing::warn!(
-            acked,
-            wanted,
-            shortfalls = n + 1,
-            "a write reached fewer replicas than C2S_REDIS_WAIT_REPLICAS within its timeout"
-        );
     }
 }
 

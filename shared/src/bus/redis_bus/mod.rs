@@ -16,6 +16,7 @@ mod classic;
 mod conn;
 mod executions;
 mod jobs;
+mod replicas;
 mod replies;
 mod scripts;
 mod sessions;
@@ -53,6 +54,7 @@ pub struct RedisBus {
     pubsub: SharedSink,
     sharded: Sharded,
     scripts: Scripts,
+    replicas: replicas::Replicas,
 }
 
 impl RedisBus {
@@ -86,7 +88,13 @@ impl RedisBus {
             sink.clone(),
             first_stream,
         ));
+        let replicas = replicas::Replicas::new(
+            settings.wait_replicas,
+            settings.wait_timeout,
+            settings.wait_backoff,
+        );
         let bus = RedisBus {
+            replicas,
             endpoints,
             settings,
             keys,
