@@ -31,6 +31,9 @@ psql "$PG/postgres" -qAtc "SELECT 1 FROM pg_database WHERE datname = 'c2s_bench'
   || psql "$PG/postgres" -qc "CREATE DATABASE c2s_bench"
 psql "$PG/c2s_bench" -qc "CREATE TABLE IF NOT EXISTS stream_rows AS SELECT g AS id, g * 2 AS doubled,
   md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
+# The workers run as the least-privilege role (a superuser is refused), as in bench/run.sh.
+psql "$PG/c2s_bench" -q -v ON_ERROR_STOP=1 -f deploy/postgres/reader-role.sql >/dev/null
+READER_URL=postgres://chat2sql_reader:chat2sql-reader-demo@127.0.0.1:5432/c2s_bench
 TABLE_QUERY="SELECT id, doubled, hash, bucket, at FROM stream_rows"
 SMALL_QUERY="SELECT id, doubled, hash, bucket, at FROM stream_rows WHERE id <= 100000"
 
@@ -44,7 +47,7 @@ start() {
     --max-connections 60000 --max-participants 500 "$@" >"$LOGS/$label-a.log" 2>&1 & PIDS+=($!); GA=$!
   "$BIN/gateway" --bind 127.0.0.1:18712 --node-id "$label-b" --key-prefix "$prefix" --insecure-no-auth \
     --max-connections 60000 --max-participants 500 "$@" >"$LOGS/$label-b.log" 2>&1 & PIDS+=($!); GB=$!
-  "$BIN/worker" --key-prefix "$prefix" --database-url "$PG/c2s_bench" "$@" >"$LOGS/$label-w.log" 2>&1 &
+  "$BIN/worker" --key-prefix "$prefix" --database-url "$READER_URL" "$@" >"$LOGS/$label-w.log" 2>&1 &
   PIDS+=($!); W=$!
   wait_port 18711; wait_port 18712; sleep 1
 }
