@@ -70,6 +70,19 @@ impl EventSink {
         &self.execution_id
     }
 
+    /// The trace context the events carry (set once the run's span exists).
+    pub fn set_traceparent(&mut self, traceparent: Option<String>) {
+        self.traceparent = traceparent;
+    }
+
+    /// Waits until every event emitted so far is on the bus (a later event starts a new publisher).
+    pub async fn flush(&mut self) -> Result<(), BusError> {
+        match self.publisher.take() {
+            Some(mut publisher) => publisher.flush().await,
+            None => Ok(()),
+        }
+    }
+
     /// The `seq` of the last event published (0 before the first).
     pub fn last_seq(&self) -> u64 {
         self.seq
@@ -141,10 +154,10 @@ impl EventSink {
             .publisher
             .get_or_insert_with(|| Publisher::new(bus.clone(), execution_id.clone()));
         publisher.send(event, span).await?;
-        if terminal {
-            publisher.flush().await?;
-        }
         self.seq = seq;
+        if terminal {
+            self.flush().await?;
+        }
         Ok(size)
     }
 
@@ -287,6 +300,12 @@ impl<'a> Chunker<'a> {
     /// Rows accepted so far.
     pub fn total_rows(&self) -> u64 {
         self.total_rows
+    }
+
+    /// Average bytes of a row's JSON so far (0 before the first).
+    pub fn average_row_bytes(&self) -> u64 {
+        let bytes = self.total_bytes + self.data.len() as u64;
+        bytes.checked_div(self.total_rows).unwrap_or(0)
     }
 
     /// Offers one row: `cell(i, out)` writes column `i`'s value as JSON into `out`. Returns

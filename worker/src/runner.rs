@@ -256,11 +256,14 @@ impl Worker {
                 (token.clone(), delivery.delivery_id.clone()),
             );
         metrics::gauge!(m::WORKER_RUNNING).increment(1.0);
+        // The sink lives out here so that a panic in the run does not take the events it has queued.
+        let mut sink = EventSink::new(self.bus.clone(), execution_id.clone(), None);
         // The safety net: a panic anywhere in the run ends the execution instead of leaving its
         // client waiting (its connection is closed as the run unwinds).
-        let outcome = std::panic::AssertUnwindSafe(self.run_job(&delivery, &token, started))
-            .catch_unwind()
-            .await;
+        let outcome =
+            std::panic::AssertUnwindSafe(self.run_job(&delivery, &token, started, &mut sink))
+                .catch_unwind()
+                .await;
         metrics::gauge!(m::WORKER_RUNNING).decrement(1.0);
         self.running
             .lock()
@@ -272,6 +275,8 @@ impl Worker {
                 let what = panic_message(panic.as_ref());
                 tracing::error!(%execution_id, panic = %what, "the query's run panicked");
                 metrics::counter!(m::JOBS, "outcome" => "panicked").increment(1);
+                // What was published stays; the error follows the last event in the log.
+                let _ = sink.flush().await;
                 self.end_with_error(
                     &delivery,
                     QueryErrorCode::Internal,
@@ -298,6 +303,7 @@ impl Worker {
         delivery: &Delivery,
         cancel: &CancellationToken,
         started: bool,
+        sink: &mut EventSink,
     ) -> Result<(), BusError> {
         let job = &delivery.job;
         let span = tracing::info_span!(
@@ -309,7 +315,7 @@ impl Worker {
             trace_id = tracing::field::Empty,
         );
         telemetry::continue_trace(&span, job.traceparent.as_deref());
-        self.run_job_traced(delivery, cancel, started)
+        self.run_job_traced(delivery, cancel, started, sink)
             .instrument(span)
             .await
     }
@@ -319,6 +325,7 @@ impl Worker {
         delivery: &Delivery,
         cancel: &CancellationToken,
         started: bool,
+        sink: &mut EventSink,
     ) -> Result<(), BusError> {
         let job = &delivery.job;
         if !started && !self.bus.try_start(&job.execution_id, &self.id).await? {
@@ -331,16 +338,17 @@ impl Worker {
         metrics::histogram!(m::QUERY_QUEUE_WAIT).record(waited_ms as f64 / 1000.0);
         let options = self.args.limits.resolve(&job.options);
         // Events continue the trace from this worker's span.
-        let traceparent =
-            telemetry::traceparent_of(&tracing::Span::current(), job.traceparent.as_deref());
-        let mut sink = EventSink::new(self.bus.clone(), job.execution_id.clone(), traceparent);
+        sink.set_traceparent(telemetry::traceparent_of(
+            &tracing::Span::current(),
+            job.traceparent.as_deref(),
+        ));
         sink.emit(ServerMessage::QueryStarted(QueryStarted {
             execution_id: job.execution_id.clone(),
             timestamp: now_ms(),
             worker_id: Some(self.id.clone()),
         }))
         .await?;
-        let result = self.engine.execute(job, &options, &mut sink, cancel).await;
+        let result = self.engine.execute(job, &options, sink, cancel).await;
         let execution_id = job.execution_id.clone();
         let timestamp = now_ms();
         let terminal = match result {

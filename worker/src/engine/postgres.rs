@@ -5,9 +5,9 @@
 //!    that checks it is one statement and gives the columns and their types.
 //! 2. `DECLARE c2s_cursor NO SCROLL CURSOR FOR <query>` binds the params; then `FETCH FORWARD n` in the
 //!    simple protocol returns every column in PostgreSQL's **text** format, which [`Rule`] maps to JSON
-//!    (so every type with a text form is sent, byte for byte as psql shows it). The first FETCH is one
-//!    chunk plus one row (the read-ahead that makes `totalRows` exact for small results), the second
-//!    the rest up to the row cap; a FETCH that returns fewer rows than asked ends the result.
+//!    (so every type with a text form is sent, byte for byte as psql shows it). FETCHes of a few dozen
+//!    KiB go many to a message, so PostgreSQL computes one batch while the worker encodes the last
+//!    (see `stream_cursor`); a FETCH that returns fewer rows than asked ends the result.
 //! 3. A statement that cannot be a cursor (`EXPLAIN`, `SHOW`, writes that the read-only transaction
 //!    refuses) runs directly; its connection is closed afterwards, so no session state it may have left
 //!    (prepared statements, …) reaches another user's query.
@@ -30,6 +30,7 @@ use c2s_shared::protocol::Column;
 use futures_util::{FutureExt, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat};
+use sqlx::Either;
 use sqlx::{Column as _, Executor, Postgres, Row, Statement, Type, TypeInfo, ValueRef};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -318,45 +319,78 @@ struct Streamed {
 }
 
 /// FETCHes the declared cursor until it is exhausted or a cap is reached.
+///
+/// PostgreSQL computes a whole FETCH before it sends its first row (FETCH is a utility statement whose
+/// result goes through the portal's store), so one FETCH of everything would not stream, and FETCHes
+/// sent one at a time would leave PostgreSQL idle while the worker encodes each batch. So the FETCHes go
+/// [`FETCHES_PER_MESSAGE`] to a simple-protocol message: PostgreSQL runs them back to back, computing
+/// the next batch while the worker encodes the previous one, and a batch is sized from the rows seen
+/// so far to about [`FETCH_TARGET_BYTES`]. A FETCH that returns fewer rows than asked ends the result.
 async fn stream_cursor(
     pg: &mut sqlx::PgConnection,
     limits: &Interrupts<'_>,
     rows: &RowEncoder,
     chunker: &mut Chunker<'_>,
 ) -> Result<Streamed, Failure> {
-    let max_rows = chunker.max_rows();
-    // The read-ahead: one chunk and one row more, to know whether the result ends there.
-    let mut want = (chunker.chunk_rows() + 1).min(max_rows.saturating_add(1));
+    // One row beyond the cap tells whether the cap cut the result.
+    let mut left_to_ask = chunker.max_rows().saturating_add(1);
     loop {
-        // The statement may take what is left of the query's time, pauses before it included.
-        let fetch = format!(
-            "SET LOCAL statement_timeout = {}; FETCH FORWARD {want} FROM c2s_cursor",
+        let batch = fetch_batch_rows(chunker.average_row_bytes());
+        let mut sql = format!(
+            // The statements may take what is left of the query's time, pauses before them included.
+            "SET LOCAL statement_timeout = {}",
             limits.time_left_ms()?
         );
-        let mut stream = (&mut *pg).fetch(fetch.as_str());
-        let mut got = 0u64;
-        while let Some(row) = next_row(limits, &mut stream).await? {
-            got += 1;
-            if rows.push(chunker, &row).await? == Pushed::Full {
-                let mid_statement = got < want;
-                return Ok(Streamed {
-                    truncated: true,
-                    mid_statement,
-                });
+        let mut asked = Vec::new();
+        while asked.len() < FETCHES_PER_MESSAGE && left_to_ask > 0 {
+            let n = batch.min(left_to_ask);
+            sql.push_str(&format!("; FETCH FORWARD {n} FROM c2s_cursor"));
+            asked.push(n);
+            left_to_ask -= n;
+        }
+        let mut stream = (&mut *pg).fetch_many(sql.as_str());
+        // The first result is the SET's; then one per FETCH, after its rows.
+        let (mut results, mut in_fetch, mut exhausted) = (0usize, 0u64, false);
+        while let Some(item) = next_item(limits, &mut stream).await? {
+            match item {
+                Either::Right(row) => {
+                    in_fetch += 1;
+                    if rows.push(chunker, &row).await? == Pushed::Full {
+                        return Ok(Streamed {
+                            truncated: true,
+                            mid_statement: true,
+                        });
+                    }
+                }
+                Either::Left(_) => {
+                    if results > 0 && in_fetch < asked[results - 1] {
+                        exhausted = true;
+                    }
+                    results += 1;
+                    in_fetch = 0;
+                }
             }
         }
-        if got < want {
+        if exhausted || left_to_ask == 0 {
             return Ok(Streamed {
                 truncated: false,
                 mid_statement: false,
             });
         }
-        // The rest in one FETCH, up to the row cap (and one row to see whether it is reached): PostgreSQL
-        // streams it while the worker encodes, with no idle gap between batches; a stop before its end
-        // (cancel, byte cap) closes the connection, which also stops the statement.
-        want = max_rows
-            .saturating_sub(chunker.total_rows())
-            .saturating_add(1);
+    }
+}
+
+/// FETCHes of one message (see [`stream_cursor`]).
+const FETCHES_PER_MESSAGE: usize = 64;
+/// Bytes of JSON one FETCH aims at: small enough that a batch is computed and sent quickly, large
+/// enough that statements are not the cost.
+const FETCH_TARGET_BYTES: u64 = 64 * 1024;
+
+/// Rows of one FETCH for rows of this average size (before any row: a guess for narrow rows).
+fn fetch_batch_rows(average_row_bytes: u64) -> u64 {
+    match average_row_bytes {
+        0 => 256,
+        bytes => (FETCH_TARGET_BYTES / bytes).clamp(16, 4096),
     }
 }
 
@@ -378,7 +412,7 @@ async fn stream_direct(
             .persistent(false)
             .fetch(&mut *pg)
     };
-    while let Some(row) = next_row(limits, &mut stream).await? {
+    while let Some(row) = next_item(limits, &mut stream).await? {
         if rows.push(chunker, &row).await? == Pushed::Full {
             return Ok(Streamed {
                 truncated: true,
@@ -392,12 +426,13 @@ async fn stream_direct(
     })
 }
 
-/// The next row of a statement's stream. A row already received is taken at once (only the cancel
-/// flag is looked at); waiting for one races the cancel and the deadline, like every statement.
-async fn next_row(
+/// The next row of a statement's stream (or, for several statements, the next row or end of one). An
+/// item already received is taken at once (only the cancel flag is looked at); waiting for one races
+/// the cancel and the deadline, like every statement.
+async fn next_item<T>(
     limits: &Interrupts<'_>,
-    stream: &mut (impl futures_util::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin),
-) -> Result<Option<PgRow>, Failure> {
+    stream: &mut (impl futures_util::Stream<Item = Result<T, sqlx::Error>> + Unpin),
+) -> Result<Option<T>, Failure> {
     if limits.cancel.is_cancelled() {
         return Err(Failure::Cancelled);
     }
