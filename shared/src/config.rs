@@ -149,6 +149,11 @@ pub struct BusArgs {
     #[arg(long, env = "C2S_FANOUT_CAPACITY", default_value_t = 1024)]
     pub fanout_capacity: usize,
 
+    /// The same for an execution's channel, whose chunks are large: a node holds at most this many
+    /// chunks of one execution for its followers (a follower further behind re-reads the log).
+    #[arg(long, env = "C2S_EXECUTION_FANOUT_CAPACITY", default_value_t = 16)]
+    pub execution_fanout_capacity: usize,
+
     /// Seconds an unfinished execution at most counts against its owner's concurrent-query cap.
     #[arg(long, env = "C2S_USER_LEASE_SECS", default_value_t = 600)]
     pub user_lease_secs: u64,
@@ -164,6 +169,22 @@ pub struct BusArgs {
     /// Approximate cap on the chat messages kept per session.
     #[arg(long, env = "C2S_CHAT_MAX_LEN", default_value_t = 1_000)]
     pub chat_max_len: usize,
+
+    /// Bytes of a running execution's events that its live followers have not all taken yet, at most:
+    /// when the window is full the worker stops reading from PostgreSQL until the slowest follower
+    /// catches up, and what every follower took is trimmed from the log.
+    #[arg(long, env = "C2S_STREAM_WINDOW_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub stream_window_bytes: u64,
+
+    /// How long (ms) a follower whose socket closed still holds an execution's window (time to
+    /// reconnect, on any node, and resume); after that the stream goes on without it, and a stream
+    /// nobody follows for this long ends (`query_cancelled`, reason `no_readers`).
+    #[arg(long, env = "C2S_RESUME_GRACE_MS", default_value_t = 5_000)]
+    pub resume_grace_ms: u64,
+
+    /// Seconds a finished execution's log and state are kept (late resumes, session followers).
+    #[arg(long, env = "C2S_FINISHED_RETENTION_SECS", default_value_t = 60)]
+    pub finished_retention_secs: u64,
 }
 
 impl BusArgs {
@@ -174,6 +195,7 @@ impl BusArgs {
             event_ttl: Duration::from_secs(self.event_ttl_secs),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
             fanout_capacity: self.fanout_capacity,
+            execution_fanout_capacity: self.execution_fanout_capacity,
             user_lease: Duration::from_secs(self.user_lease_secs),
             session_ttl: Duration::from_secs(self.session_ttl_secs),
             session_event_max_len: self.session_event_max_len,
@@ -185,6 +207,9 @@ impl BusArgs {
             wait_backoff: Duration::from_millis(self.redis_wait_backoff_ms),
             publish_retry: Duration::from_millis(self.publish_retry_ms),
             enqueue_grace: Duration::from_millis(self.enqueue_grace_ms),
+            stream_window_bytes: self.stream_window_bytes.max(1),
+            resume_grace: Duration::from_millis(self.resume_grace_ms),
+            finished_retention: Duration::from_secs(self.finished_retention_secs),
         }
     }
 

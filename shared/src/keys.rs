@@ -61,6 +61,11 @@ impl Keys {
         format!("{}:{{e:{execution_id}}}:live", self.prefix)
     }
 
+    /// Hash of an execution's followers: reader id -> `<seq taken> <live until, ms>` (the window).
+    pub fn execution_followers(&self, execution_id: &str) -> String {
+        format!("{}:{{e:{execution_id}}}:followers", self.prefix)
+    }
+
     /// Classic pub/sub channel on which workers hear cancel requests (payload: execution id).
     pub fn cancel_channel(&self) -> String {
         format!("{}:cancel", self.prefix)
@@ -155,6 +160,7 @@ mod tests {
             k.execution("x"),
             k.execution_events("x"),
             k.execution_channel("x"),
+            k.execution_followers("x"),
         ];
         assert!(e.iter().all(|key| tag(key) == "e:x"), "{e:?}");
         let mut s = k.session_keys("s1").to_vec();

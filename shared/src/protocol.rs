@@ -454,6 +454,10 @@ pub struct QueryError {
 pub struct QueryCancelled {
     pub execution_id: String,
     pub timestamp: i64,
+    /// Why, when it was not a `cancel_query`: `no_readers` (nobody followed the stream for the resume
+    /// grace, so it stopped rather than hold a database connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 // ---- collaboration ----------------------------------------------------------------------------------------
@@ -774,6 +778,7 @@ mod tests {
         let mut f = ServerFrame::new(ServerMessage::QueryCancelled(QueryCancelled {
             execution_id: "e".into(),
             timestamp: 1,
+            reason: None,
         }));
         f.seq = Some(4);
         let v: Value = serde_json::from_str(&f.to_text()).unwrap();

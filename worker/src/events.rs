@@ -17,6 +17,7 @@ use crate::config::ResolvedOptions;
 use crate::failure::Failure;
 use crate::pg_text::json_string;
 use crate::publisher::Publisher;
+use crate::window::{Limits, Window};
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent};
 use c2s_shared::codes::QueryErrorCode;
@@ -38,11 +39,14 @@ pub struct EventSink {
     started: Instant,
     /// Publishes the events in order while the next ones are built (created with the first event).
     publisher: Option<Publisher>,
+    /// The execution's window of end-to-end backpressure.
+    window: Window,
 }
 
 impl EventSink {
     pub fn new(bus: Arc<dyn Bus>, execution_id: String, traceparent: Option<String>) -> Self {
         EventSink {
+            window: Window::new(bus.clone(), execution_id.clone()),
             bus,
             execution_id,
             traceparent,
@@ -70,6 +74,12 @@ impl EventSink {
         &self.execution_id
     }
 
+    /// Makes the window wait for slow followers, within these limits (a sink without them never waits:
+    /// the few events that end a stream).
+    pub fn pace(&mut self, limits: Limits) {
+        self.window.set_limits(limits);
+    }
+
     /// The trace context the events carry (set once the run's span exists).
     pub fn set_traceparent(&mut self, traceparent: Option<String>) {
         self.traceparent = traceparent;
@@ -91,46 +101,37 @@ impl EventSink {
     /// Publishes one event; returns the size of its encoded frame. A terminal event returns once it and
     /// every event before it are on the bus; others may still be on their way (see [`Publisher`]).
     pub async fn emit(&mut self, message: ServerMessage) -> Result<usize, BusError> {
-        let kind = message.type_name();
         let terminal = message.is_terminal();
-        self.publish(kind, terminal, |seq, traceparent| {
-            ServerFrame {
-                message,
-                seq: Some(seq),
-                traceparent,
-            }
-            .to_text()
-        })
-        .await
+        let (seq, span, traceparent) = self.next_event(message.type_name());
+        let frame = ServerFrame {
+            message,
+            seq: Some(seq),
+            traceparent,
+        }
+        .to_text();
+        self.send(seq, terminal, frame, span).await
     }
 
-    /// Publishes a `data_chunk` whose rows are already JSON (`rows`: the rows, comma-separated).
-    async fn emit_chunk(&mut self, chunk_index: u64, rows: &[u8]) -> Result<usize, BusError> {
-        let execution_id = json_string(&self.execution_id);
-        let timestamp = now_ms();
-        self.publish("data_chunk", false, |seq, traceparent| {
-            chunk_frame(
-                &execution_id,
-                timestamp,
-                chunk_index,
-                rows,
-                seq,
-                traceparent.as_deref(),
-            )
-        })
-        .await
+    /// Publishes a `data_chunk` whose rows are already JSON (`rows`: the rows, comma-separated), once it
+    /// fits in the execution's window (see [`Window`]).
+    async fn emit_chunk(&mut self, chunk_index: u64, rows: &[u8]) -> Result<usize, Failure> {
+        let (seq, span, traceparent) = self.next_event("data_chunk");
+        let frame = chunk_frame(
+            &json_string(&self.execution_id),
+            now_ms(),
+            chunk_index,
+            rows,
+            seq,
+            traceparent.as_deref(),
+        );
+        self.window.admit(frame.len()).await?;
+        Ok(self.send(seq, false, frame, span).await?)
     }
 
-    /// Numbers and publishes one frame built by `encode(seq, traceparent)`.
-    async fn publish(
-        &mut self,
-        kind: &'static str,
-        terminal: bool,
-        encode: impl FnOnce(u64, Option<String>) -> String,
-    ) -> Result<usize, BusError> {
+    /// The next event's seq, its publish span when traces are exported (the frame carries it, so the
+    /// delivery spans on the gateways hang below it), and the traceparent the frame carries.
+    fn next_event(&self, kind: &'static str) -> (u64, Option<tracing::Span>, Option<String>) {
         let seq = self.seq + 1;
-        // When exporting traces: one span per published event, and the frame carries it so that the
-        // delivery spans on the gateways hang below it.
         let span = telemetry::exporting().then(|| {
             tracing::info_span!(
                 "bus.publish",
@@ -143,18 +144,30 @@ impl EventSink {
             Some(span) => telemetry::traceparent_of(span, self.traceparent.as_deref()),
             None => self.traceparent.clone(),
         };
+        (seq, span, traceparent)
+    }
+
+    /// Hands the event `seq` to the publisher (a terminal one: and waits until all are on the bus).
+    async fn send(
+        &mut self,
+        seq: u64,
+        terminal: bool,
+        frame: String,
+        span: Option<tracing::Span>,
+    ) -> Result<usize, BusError> {
+        let size = frame.len();
         let event = BusEvent {
             seq,
             terminal,
-            frame: ByteString::from(encode(seq, traceparent)),
+            frame: ByteString::from(frame),
         };
-        let size = event.frame.len();
         let (bus, execution_id) = (&self.bus, &self.execution_id);
         let publisher = self
             .publisher
             .get_or_insert_with(|| Publisher::new(bus.clone(), execution_id.clone()));
         publisher.send(event, span).await?;
         self.seq = seq;
+        self.window.published(seq, size);
         if terminal {
             self.flush().await?;
         }
@@ -417,7 +430,7 @@ impl<'a> Chunker<'a> {
             .map(|_| ())
     }
 
-    async fn flush(&mut self) -> Result<(), BusError> {
+    async fn flush(&mut self) -> Result<(), Failure> {
         if self.rows_in_chunk == 0 {
             return Ok(());
         }
@@ -445,7 +458,7 @@ impl<'a> Chunker<'a> {
     }
 
     /// Emits what is left and `data_stream_complete`; returns (rows, chunks).
-    pub async fn finish(mut self) -> Result<(u64, u64), BusError> {
+    pub async fn finish(mut self) -> Result<(u64, u64), Failure> {
         self.announce(true).await?;
         self.flush().await?;
         let msg = ServerMessage::DataStreamComplete(DataStreamComplete {

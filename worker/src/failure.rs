@@ -12,6 +12,9 @@ use c2s_shared::protocol::QueryErrorDetail;
 pub enum Failure {
     #[error("cancelled")]
     Cancelled,
+    /// Nobody followed the stream for the resume grace: it ends, freeing its connection and slots.
+    #[error("no live follower")]
+    NoReaders,
     #[error("{}", .0.message)]
     Query(QueryErrorDetail),
     /// The events could not be published: nobody can be told, the job stays pending for another try.

@@ -12,6 +12,7 @@ mod publisher;
 pub mod role_check;
 pub mod runner;
 mod sql_json;
+pub mod window;
 
 pub use config::{QueryLimits, WorkerArgs};
 pub use engine::{postgres::PostgresEngine, sqlite::SqliteEngine, SqlEngine};

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::config::WorkerArgs;
 use crate::engine::{Failure, SqlEngine};
 use crate::events::EventSink;
+use crate::window::Limits;
 
 /// Backoff after a failed read of the job queue (Redis down, …).
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -348,6 +349,12 @@ impl Worker {
             worker_id: Some(self.id.clone()),
         }))
         .await?;
+        // Slow followers pause the stream (within the query's time); see window.rs.
+        sink.pace(Limits {
+            cancel: cancel.clone(),
+            deadline: tokio::time::Instant::now() + options.timeout,
+            timeout: options.timeout,
+        });
         let result = self.engine.execute(job, &options, sink, cancel).await;
         let execution_id = job.execution_id.clone();
         let timestamp = now_ms();
@@ -365,7 +372,16 @@ impl Worker {
             Err(Failure::Cancelled) => ServerMessage::QueryCancelled(QueryCancelled {
                 execution_id,
                 timestamp,
+                reason: None,
             }),
+            Err(Failure::NoReaders) => {
+                tracing::info!(execution_id = %job.execution_id, "no follower for the resume grace; stopping");
+                ServerMessage::QueryCancelled(QueryCancelled {
+                    execution_id,
+                    timestamp,
+                    reason: Some("no_readers".into()),
+                })
+            }
             Err(Failure::Query(error)) => {
                 tracing::info!(execution_id = %job.execution_id, code = ?error.code, sqlstate = ?error.sqlstate, "query failed");
                 ServerMessage::QueryError(QueryError {

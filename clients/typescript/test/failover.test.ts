@@ -57,6 +57,38 @@ describe('failover between gateway nodes', () => {
     await c.close();
   });
 
+  it('a consumer that freezes for 7 s (a throttled background tab) slows the stream, then gets every row once', async () => {
+    const c = new RealtimeClient({ url: [a.url, b.url], path: '/ws/query', user: 'frozen', WebSocket, reconnect });
+    const n = 300_000;
+    const events: ExecutionEvent[] = [];
+    let frozen = false;
+    const handle = c.executeQuery(`SELECT g AS i, md5(g::text) AS h FROM generate_series(1, ${n}) g`, {
+      chunkSize: 500,
+      rowFormat: 'arrays',
+      timeoutMs: 120_000,
+      onEvent: (e) => {
+        events.push(e);
+        if (!frozen && e.type === 'data_chunk' && handle.state.rowsReceived >= 20_000) {
+          frozen = true;
+          // Nothing runs on this thread for 7 s: no socket read, no timer (the gateway's send timeout is 5 s).
+          const until = Date.now() + 7_000;
+          while (Date.now() < until) {
+            /* frozen */
+          }
+        }
+      },
+    });
+    const outcome = await handle.done;
+    expect(frozen).toBe(true);
+    expect(outcome.status).toBe('completed');
+    const seqs = events.map((e) => e.seq);
+    expect(seqs).toEqual(seqs.map((_, i) => i + 1)); // every event once, in order, across any reconnect
+    const values = events.flatMap((e) => (e.type === 'data_chunk' ? (e.payload.data as unknown[][]).map((r) => r[0]) : []));
+    expect(values.length).toBe(n);
+    expect(values.every((v, i) => v === i + 1)).toBe(true);
+    await c.close();
+  });
+
   it('a message id re-sent on the other node is acknowledged duplicate and not run again', async () => {
     const gwA = await startNetworked(prefix, ['--insecure-no-auth']);
     const c = new RealtimeClient({ url: [gwA.url, b.url], path: '/ws/query', user: 'dedup', WebSocket, reconnect });

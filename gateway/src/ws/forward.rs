@@ -25,6 +25,7 @@ use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic, RESYNC};
 use c2s_shared::codes::ErrorCode;
 use c2s_shared::protocol::{ErrorBody, ServerFrame, ServerMessage};
 
+use super::follower::Follower;
 use super::session::Outbound;
 use c2s_shared::telemetry;
 use tokio::sync::broadcast::error::RecvError;
@@ -36,6 +37,8 @@ const SHARED_EXECUTION_PREFIX: &str = r#"{"type":"shared_execution","#;
 
 pub struct Forward {
     pub bus: Arc<dyn Bus>,
+    /// For an execution: reports to the bus how far this socket wrote it (dropped with the Forward).
+    pub follower: Option<Follower>,
     pub topic: Topic,
     pub subscription: Subscription,
     pub after_seq: u64,
@@ -133,7 +136,11 @@ impl Relay {
         let frame = ServerFrame::new(message);
         let _ = self
             .out
-            .send(Outbound::Frame(ByteString::from(frame.to_text()), None))
+            .send(Outbound::Frame(
+                ByteString::from(frame.to_text()),
+                None,
+                None,
+            ))
             .await;
     }
 
@@ -204,12 +211,13 @@ impl Relay {
             let full_batch = events.len() >= self.replay_batch;
             for event in events {
                 if event.seq > self.after_seq + 1 {
-                    if let Topic::Execution(_) = self.topic {
-                        // Lost (a failover) or trimmed: the client's result cannot be complete.
+                    if !self.gap_was_trimmed(event.seq).await? {
+                        // Lost (a failover): the client's result cannot be complete.
                         self.end_at_gap(event.seq).await;
                         return Ok(Flow::Done);
                     }
-                    // A session's trimmed history: say so, then go on.
+                    // Taken by every live follower and trimmed (the window), or a session's trimmed
+                    // history: say so, then go on.
                     self.notify_gap(event.seq).await;
                 }
                 if let Flow::Done = self.send(event).await {
@@ -277,6 +285,19 @@ impl Relay {
         Flow::Done
     }
 
+    /// Whether the events before `next` are missing because they were trimmed on purpose (a session's
+    /// capped history; an execution's events every live follower had taken) rather than lost.
+    async fn gap_was_trimmed(&self, next: u64) -> Result<bool, BusError> {
+        let Topic::Execution(id) = &self.topic else {
+            return Ok(true);
+        };
+        Ok(self
+            .bus
+            .execution_info(id)
+            .await?
+            .is_some_and(|info| info.trimmed + 1 >= next))
+    }
+
     /// The next event in an execution's log is `next`, not `after_seq + 1`: end with the missing range.
     async fn end_at_gap(&mut self, next: u64) {
         let message = format!(
@@ -317,6 +338,7 @@ impl Relay {
             Ok(permit) => Some(permit),
             Err(_) => return Flow::Done,
         };
+        let written = self.follower.as_ref().map(|f| f.written(event.seq));
         let delivered = if telemetry::exporting() {
             // One span per delivered frame, child of the span that published it (on whichever node).
             let span = tracing::info_span!(
@@ -329,11 +351,13 @@ impl Relay {
             );
             telemetry::continue_trace(&span, telemetry::frame_traceparent(&event.frame));
             self.out
-                .send(Outbound::Frame(event.frame, budget))
+                .send(Outbound::Frame(event.frame, budget, written))
                 .instrument(span)
                 .await
         } else {
-            self.out.send(Outbound::Frame(event.frame, budget)).await
+            self.out
+                .send(Outbound::Frame(event.frame, budget, written))
+                .await
         };
         if delivered.is_err() || event.terminal {
             return Flow::Done;

@@ -2,6 +2,7 @@
 //! depends on the endpoint.
 
 mod collab;
+mod follower;
 mod forward;
 mod session;
 

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::collab::{CollabJoin, Member};
+use super::follower::{Follower, Written};
 use super::forward::Forward;
 use super::Endpoint;
 use crate::auth::Identity;
@@ -30,8 +31,9 @@ use crate::state::{AppState, ConnectionSlot};
 
 /// What the streams a socket follows hand to its session task.
 pub enum Outbound {
-    /// A frame to send as is, holding its bytes' share of the connection's outbound budget until sent.
-    Frame(ByteString, Option<OwnedSemaphorePermit>),
+    /// A frame to send as is, holding its bytes' share of the connection's outbound budget until sent,
+    /// and, for an execution's event, what to record once it is written (the follower's position).
+    Frame(ByteString, Option<OwnedSemaphorePermit>, Option<Written>),
     /// A shared execution was announced in the collaboration session: follow it too.
     Follow(String),
 }
@@ -180,10 +182,11 @@ pub async fn run(
             }
             // An event for this client from one of its streams.
             Some(outbound) = outbound.recv() => match outbound {
-                Outbound::Frame(text, _budget) => {
+                Outbound::Frame(text, _budget, written) => {
                     count_out(&text);
                     match tokio::time::timeout(limits.send_timeout(), session.ws.text(text)).await {
-                        Ok(Ok(())) => {}
+                        // Written: the follower may now report it taken (the execution's window).
+                        Ok(Ok(())) => written.into_iter().for_each(Written::record),
                         Ok(Err(_)) => break None,
                         // The client stopped reading: it resumes elsewhere or later with afterSeq.
                         Err(_) => {
@@ -584,6 +587,7 @@ impl Session {
                     message: ServerMessage::QueryCancelled(QueryCancelled {
                         execution_id: execution_id.to_owned(),
                         timestamp: now_ms(),
+                        reason: None,
                     }),
                     seq: Some(1),
                     traceparent: None,
@@ -640,8 +644,19 @@ impl Session {
         }
         let bus = self.state.bus.clone();
         let subscription = bus.subscribe(&topic).await.map_err(unavailable)?;
+        // An execution's follower reports what this socket wrote (end-to-end backpressure).
+        let follower = match &topic {
+            Topic::Execution(id) => Some(Follower::start(
+                bus.clone(),
+                id.clone(),
+                &self.state.node_id,
+                after_seq,
+            )),
+            Topic::Session(_) => None,
+        };
         let forward = Forward {
             bus,
+            follower,
             topic: topic.clone(),
             subscription,
             after_seq,

@@ -59,6 +59,8 @@ enum Control {
     Subscribe(
         String,
         ChannelKind,
+        /// A smaller local buffer than the hub's default, for this channel.
+        Option<usize>,
         oneshot::Sender<Result<broadcast::Receiver<Bytes>, BusError>>,
     ),
     Release(String),
@@ -103,9 +105,20 @@ impl Hub {
         channel: &str,
         kind: ChannelKind,
     ) -> Result<Subscription, BusError> {
+        self.subscribe_bounded(channel, kind, None).await
+    }
+
+    /// Like [`Hub::subscribe`], with a smaller local buffer for this channel when it is created (an
+    /// execution's chunks are large: the buffer holds up to that many of them).
+    pub async fn subscribe_bounded(
+        &self,
+        channel: &str,
+        kind: ChannelKind,
+        capacity: Option<usize>,
+    ) -> Result<Subscription, BusError> {
         let (tx, rx) = oneshot::channel();
         self.control
-            .send(Control::Subscribe(channel.to_owned(), kind, tx))
+            .send(Control::Subscribe(channel.to_owned(), kind, capacity, tx))
             .map_err(|_| BusError::Closed)?;
         let receiver = rx.await.map_err(|_| BusError::Closed)??;
         Ok(Subscription {
@@ -147,7 +160,7 @@ async fn control_loop(
 ) {
     while let Some(msg) = rx.recv().await {
         match msg {
-            Control::Subscribe(channel, kind, reply) => {
+            Control::Subscribe(channel, kind, bound, reply) => {
                 let existing = {
                     let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
                     map.get_mut(&channel).map(|e| {
@@ -159,7 +172,8 @@ async fn control_loop(
                     Some(rx) => Ok(rx),
                     None => match upstream.subscribe(&channel, kind).await {
                         Ok(()) => {
-                            let (sender, rx) = broadcast::channel(capacity);
+                            let size = bound.map_or(capacity, |b| b.clamp(2, capacity));
+                            let (sender, rx) = broadcast::channel(size);
                             let mut map = channels.lock().unwrap_or_else(|p| p.into_inner());
                             map.insert(
                                 channel,

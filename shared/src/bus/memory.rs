@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use super::hub::{ChannelKind, Hub, Local, Subscription};
 use super::{
-    with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job,
-    JoinOutcome, JoinRequest, SessionSnapshot, TakeOver, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
+    topic_fanout, with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery,
+    ExecutionInfo, Followers, Job, JoinOutcome, JoinRequest, SessionSnapshot, TakeOver, Topic,
+    UpdateOutcome, VERSION_PLACEHOLDER,
 };
 use crate::keys::Keys;
 
@@ -21,6 +22,12 @@ struct Execution {
     session_id: Option<String>,
     state: &'static str,
     events: VecDeque<BusEvent>,
+    /// The last seq written.
+    seq: u64,
+    /// Events up to this seq were trimmed (every live follower had taken them).
+    trimmed: u64,
+    /// Reader id -> (seq taken, live until).
+    followers: HashMap<String, (u64, Instant)>,
     touched: Instant,
 }
 
@@ -97,8 +104,11 @@ impl MemoryBus {
     }
 
     fn expire(&self, state: &mut State) {
-        let ttl = self.settings.event_ttl;
-        state.executions.retain(|_, e| e.touched.elapsed() < ttl);
+        let (ttl, finished) = (self.settings.event_ttl, self.settings.finished_retention);
+        state.executions.retain(|_, e| {
+            let keep = if e.state == "done" { finished } else { ttl };
+            e.touched.elapsed() < keep
+        });
         let ttl = self.settings.idempotency_ttl;
         state.idempotency.retain(|_, (_, at)| at.elapsed() < ttl);
         let ttl = self.settings.session_ttl;
@@ -110,6 +120,10 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
+    fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
@@ -132,6 +146,9 @@ impl Bus for MemoryBus {
                     session_id: job.session_id.clone(),
                     state: "queued",
                     events: VecDeque::new(),
+                    seq: 0,
+                    trimmed: 0,
+                    followers: HashMap::new(),
                     touched: Instant::now(),
                 },
             );
@@ -179,7 +196,8 @@ impl Bus for MemoryBus {
                 owner: e.owner.clone(),
                 state: e.state.to_owned(),
                 session_id: e.session_id.clone(),
-                seq: e.events.back().map_or(0, |ev| ev.seq),
+                seq: e.seq,
+                trimmed: e.trimmed,
             }))
     }
 
@@ -230,7 +248,11 @@ impl Bus for MemoryBus {
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
         self.hub
-            .subscribe(&self.keys.topic_channel(topic), ChannelKind::Sharded)
+            .subscribe_bounded(
+                &self.keys.topic_channel(topic),
+                ChannelKind::Sharded,
+                topic_fanout(topic, &self.settings),
+            )
             .await
     }
 
@@ -310,6 +332,7 @@ impl Bus for MemoryBus {
                     e.events.pop_front();
                 }
                 e.events.push_back(event.clone());
+                e.seq = event.seq;
                 e.touched = Instant::now();
                 if event.terminal {
                     e.state = "done";
@@ -325,6 +348,45 @@ impl Bus for MemoryBus {
             Bytes::from(event.encode()),
         );
         Ok(())
+    }
+
+    async fn follower_position(
+        &self,
+        execution_id: &str,
+        reader: &str,
+        taken: u64,
+        live_for: Duration,
+    ) -> Result<(), BusError> {
+        let mut state = self.state();
+        if let Some(e) = state.executions.get_mut(execution_id) {
+            let entry = e
+                .followers
+                .entry(reader.to_owned())
+                .or_insert((taken, Instant::now()));
+            *entry = (entry.0.max(taken), Instant::now() + live_for);
+        }
+        Ok(())
+    }
+
+    async fn followers(&self, execution_id: &str, trim_up_to: u64) -> Result<Followers, BusError> {
+        let mut state = self.state();
+        let Some(e) = state.executions.get_mut(execution_id) else {
+            return Ok(Followers::default());
+        };
+        let now = Instant::now();
+        e.followers.retain(|_, (_, until)| *until >= now);
+        let min_taken = e.followers.values().map(|(taken, _)| *taken).min();
+        if let Some(lowest) = min_taken {
+            let up_to = lowest.min(trim_up_to);
+            while e.events.front().is_some_and(|ev| ev.seq <= up_to) {
+                e.events.pop_front();
+            }
+            e.trimmed = e.trimmed.max(up_to);
+        }
+        Ok(Followers {
+            live: e.followers.len(),
+            min_taken,
+        })
     }
 
     async fn cancel_requests(&self) -> Result<Subscription, BusError> {

@@ -168,6 +168,14 @@ pub enum UpdateOutcome {
     },
 }
 
+/// The local buffer of a topic's channel: smaller for executions, whose frames are large.
+pub(crate) fn topic_fanout(topic: &Topic, settings: &BusSettings) -> Option<usize> {
+    match topic {
+        Topic::Execution(_) => Some(settings.execution_fanout_capacity),
+        Topic::Session(_) => None,
+    }
+}
+
 /// In a `query_updated` frame template, the version the bus fills in atomically with the update.
 pub const VERSION_PLACEHOLDER: &str = "\"version\":-1";
 
@@ -210,6 +218,18 @@ pub struct ExecutionInfo {
     pub session_id: Option<String>,
     /// The last `seq` written to its log (a reader past it saw events the log lost in a failover).
     pub seq: u64,
+    /// Events up to this `seq` were trimmed because every live follower had taken them (the window):
+    /// a resume from before it is told so and goes on, unlike a hole a failover left.
+    pub trimmed: u64,
+}
+
+/// Where an execution's live followers are, as the worker sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Followers {
+    /// Followers whose socket is open, or closed less than the resume grace ago.
+    pub live: usize,
+    /// The lowest `seq` every live follower has written to its socket (None: no live follower).
+    pub min_taken: Option<u64>,
 }
 
 /// Tunables of the bus, with their documented defaults (see `config::BusArgs`).
@@ -224,6 +244,8 @@ pub struct BusSettings {
     pub idempotency_ttl: Duration,
     /// Capacity of each channel's local broadcast; a subscriber further behind re-reads the stream.
     pub fanout_capacity: usize,
+    /// The same for an execution's channel, whose chunks are large (up to `C2S_MAX_CHUNK_BYTES` each).
+    pub execution_fanout_capacity: usize,
     /// Longest an execution counts against its owner's cap without reaching its terminal event.
     pub user_lease: Duration,
     /// How long an idle collaboration session (query, chat, events) is kept after its last event.
@@ -242,6 +264,12 @@ pub struct BusSettings {
     pub publish_retry: Duration,
     /// An execution still `pending` (accepted, its job never recorded as queued) this long was abandoned.
     pub enqueue_grace: Duration,
+    /// Bytes of events a running execution's live followers may have left to take (the window).
+    pub stream_window_bytes: u64,
+    /// How long a follower that left (or whose node died) still counts as live.
+    pub resume_grace: Duration,
+    /// How long a finished execution's log and state are kept.
+    pub finished_retention: Duration,
 }
 
 impl Default for BusSettings {
@@ -252,6 +280,7 @@ impl Default for BusSettings {
             event_ttl: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(600),
             fanout_capacity: 1024,
+            execution_fanout_capacity: 16,
             user_lease: Duration::from_secs(600),
             session_ttl: Duration::from_secs(24 * 3600),
             session_event_max_len: 10_000,
@@ -261,12 +290,18 @@ impl Default for BusSettings {
             wait_backoff: Duration::from_secs(10),
             publish_retry: Duration::from_secs(10),
             enqueue_grace: Duration::from_secs(30),
+            stream_window_bytes: 8 * 1024 * 1024,
+            resume_grace: Duration::from_secs(5),
+            finished_retention: Duration::from_secs(60),
         }
     }
 }
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
+    /// The tunables this bus runs with.
+    fn settings(&self) -> &BusSettings;
+
     /// Liveness of the bus (readiness probes).
     async fn ping(&self) -> Result<(), BusError>;
 
@@ -351,6 +386,23 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Cancel requests for running executions (payload: execution id), for workers.
     async fn cancel_requests(&self) -> Result<Subscription, BusError>;
+
+    // ---- the window of a running execution (end-to-end backpressure) ---------------------------------
+
+    /// A follower (`reader`: unique per followed stream) has written every event up to `taken` to its
+    /// socket; it counts as live until `live_for` from now (refreshed while its socket is open).
+    async fn follower_position(
+        &self,
+        execution_id: &str,
+        reader: &str,
+        taken: u64,
+        live_for: Duration,
+    ) -> Result<(), BusError>;
+
+    /// The live followers of an execution and the lowest `seq` they all took. The events up to that
+    /// `seq`, but not beyond `trim_up_to`, are removed from the log (recorded as
+    /// [`ExecutionInfo::trimmed`]); 0 trims nothing.
+    async fn followers(&self, execution_id: &str, trim_up_to: u64) -> Result<Followers, BusError>;
 
     // ---- collaboration sessions -------------------------------------------------------------------------
     // Every session event is numbered by one per-session counter and appended to the session's log and

@@ -598,6 +598,11 @@ export interface QueryErrorDetail {
 export interface QueryCancelled {
   executionId: string;
   timestamp: number;
+  /**
+   * Why, when it was not a `cancel_query`: `no_readers` (nobody followed the stream for the resume
+   * grace, so it stopped rather than hold a database connection).
+   */
+  reason?: string | null;
 }
 /**
  * Sent to a participant when it joins: the session as of event `seq` (later events follow it).

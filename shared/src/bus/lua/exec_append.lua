@@ -5,17 +5,20 @@
 -- again. Anything else means events the writer wrote are missing (a failover promoted a replica that had
 -- not received them): the script refuses with `LOGLOST <last>` and the writer ends the stream explicitly.
 -- With force = '1' (that explicit end) the event is written after whatever the log still has.
--- A terminal event marks the execution `done`. Returns {1 written | 2 already there, owner}.
+-- A terminal event marks the execution `done`, and from then on its log, state and followers are kept
+-- only for the finished retention. Returns {1 written | 2 already there, owner}.
 -- Slot: the execution's.
 local state_key = KEYS[1]     -- hash (its `seq` field: the last seq written)
 local events_key = KEYS[2]    -- stream
 local live_channel = KEYS[3]  -- sharded pub/sub channel (same hash tag, so the same slot)
+local followers_key = KEYS[4] -- hash of the followers' positions
 local seq = tonumber(ARGV[1])
 local terminal = ARGV[2]      -- '1' or '0'
 local frame = ARGV[3]
 local max_len = ARGV[4]
 local ttl_secs = ARGV[5]
 local force = ARGV[6]
+local finished_ttl_secs = ARGV[7]
 
 local last = tonumber(redis.call('HGET', state_key, 'seq') or '0')
 local owner = redis.call('HGET', state_key, 'owner') or ''
@@ -24,9 +27,13 @@ if force ~= '1' then
   if last ~= seq - 1 then return redis.error_reply('LOGLOST ' .. last) end
 end
 redis.call('XADD', events_key, 'MAXLEN', '~', max_len, seq .. '-0', 't', terminal, 'f', frame)
-redis.call('EXPIRE', events_key, ttl_secs)
 redis.call('HSET', state_key, 'seq', seq)
-if terminal == '1' then redis.call('HSET', state_key, 'state', 'done') end
+if terminal == '1' then
+  redis.call('HSET', state_key, 'state', 'done')
+  ttl_secs = finished_ttl_secs
+  redis.call('EXPIRE', followers_key, ttl_secs)
+end
+redis.call('EXPIRE', events_key, ttl_secs)
 redis.call('EXPIRE', state_key, ttl_secs)
 redis.call('SPUBLISH', live_channel, seq .. ' ' .. terminal .. ' ' .. frame)
 return {1, owner}

@@ -33,7 +33,7 @@ use std::time::Duration;
 use redis::{RedisError, Value};
 
 use super::RedisBus;
-use crate::bus::{BusError, BusEvent, Job};
+use crate::bus::{BusError, BusEvent, Followers, Job};
 use crate::codes::QueryErrorCode;
 use crate::protocol::{QueryError, QueryErrorDetail, ServerFrame, ServerMessage};
 
@@ -216,16 +216,18 @@ impl RedisBus {
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
             .arg(script.get_hash())
-            .arg(3)
+            .arg(4)
             .arg(self.keys.execution(execution_id))
             .arg(self.keys.execution_events(execution_id))
             .arg(self.keys.execution_channel(execution_id))
+            .arg(self.keys.execution_followers(execution_id))
             .arg(event.seq)
             .arg(u8::from(event.terminal))
             .arg(&*event.frame)
             .arg(self.settings.event_stream_max_len)
             .arg(self.settings.event_ttl.as_secs())
-            .arg(u8::from(force));
+            .arg(u8::from(force))
+            .arg(self.settings.finished_retention.as_secs().max(1));
         let state_key = self.keys.execution(execution_id);
         let reply = match self
             .write_and_wait::<(i64, String)>(evalsha.clone(), &state_key)
@@ -283,6 +285,51 @@ impl RedisBus {
             last + 1,
             seq - 1
         ))
+    }
+
+    /// Records a follower's position (`exec_follower.lua`).
+    pub(super) async fn record_follower(
+        &self,
+        execution_id: &str,
+        reader: &str,
+        taken: u64,
+        live_for: Duration,
+    ) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .exec_follower
+            .key(self.keys.execution_followers(execution_id))
+            .key(self.keys.execution(execution_id))
+            .arg(reader)
+            .arg(taken)
+            .arg(live_for.as_millis() as u64)
+            .arg(self.settings.event_ttl.as_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The live followers and their lowest position, trimming the log below it (`exec_followers.lua`).
+    pub(super) async fn read_followers(
+        &self,
+        execution_id: &str,
+        trim_up_to: u64,
+    ) -> Result<Followers, BusError> {
+        let mut conn = self.conn.clone();
+        let (live, lowest): (i64, i64) = self
+            .scripts
+            .exec_followers
+            .key(self.keys.execution_followers(execution_id))
+            .key(self.keys.execution_events(execution_id))
+            .key(self.keys.execution(execution_id))
+            .arg(trim_up_to)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Followers {
+            live: usize::try_from(live).unwrap_or(0),
+            min_taken: u64::try_from(lowest).ok(),
+        })
     }
 
     /// Ends an execution whose job will never run (see the module doc); true if it did.

@@ -32,8 +32,8 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::hub::{ChannelKind, Hub, Subscription};
 use super::{
-    Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo, Job, JoinOutcome,
-    JoinRequest, TakeOver, Topic, UpdateOutcome,
+    topic_fanout, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo,
+    Followers, Job, JoinOutcome, JoinRequest, TakeOver, Topic, UpdateOutcome,
 };
 use crate::keys::Keys;
 use classic::{RedisUpstream, SharedSink};
@@ -113,6 +113,10 @@ impl RedisBus {
 
 #[async_trait]
 impl Bus for RedisBus {
+    fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
     /// Ready when commands answer and the classic pub/sub link is up (sharded channels being repaired
     /// are logged, not a readiness failure: their followers read the log meanwhile).
     async fn ping(&self) -> Result<(), BusError> {
@@ -166,13 +170,20 @@ impl Bus for RedisBus {
 
     async fn execution_info(&self, execution_id: &str) -> Result<Option<ExecutionInfo>, BusError> {
         let mut conn = self.conn.clone();
-        type Fields = (Option<String>, Option<String>, Option<String>, Option<u64>);
-        let (state, owner, session, seq): Fields = redis::cmd("HMGET")
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+        );
+        let (state, owner, session, seq, trimmed): Fields = redis::cmd("HMGET")
             .arg(self.keys.execution(execution_id))
             .arg("state")
             .arg("owner")
             .arg("session")
             .arg("seq")
+            .arg("trimmed")
             .query_async(&mut conn)
             .await?;
         Ok(state.map(|state| ExecutionInfo {
@@ -180,6 +191,7 @@ impl Bus for RedisBus {
             state,
             session_id: session.filter(|s| !s.is_empty()),
             seq: seq.unwrap_or(0),
+            trimmed: trimmed.unwrap_or(0),
         }))
     }
 
@@ -223,7 +235,11 @@ impl Bus for RedisBus {
 
     async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
         self.hub
-            .subscribe(&self.keys.topic_channel(topic), ChannelKind::Sharded)
+            .subscribe_bounded(
+                &self.keys.topic_channel(topic),
+                ChannelKind::Sharded,
+                topic_fanout(topic, &self.settings),
+            )
             .await
     }
 
@@ -327,6 +343,21 @@ impl Bus for RedisBus {
         self.hub
             .subscribe(&self.keys.cancel_channel(), ChannelKind::Classic)
             .await
+    }
+
+    async fn follower_position(
+        &self,
+        execution_id: &str,
+        reader: &str,
+        taken: u64,
+        live_for: Duration,
+    ) -> Result<(), BusError> {
+        self.record_follower(execution_id, reader, taken, live_for)
+            .await
+    }
+
+    async fn followers(&self, execution_id: &str, trim_up_to: u64) -> Result<Followers, BusError> {
+        self.read_followers(execution_id, trim_up_to).await
     }
 
     async fn session_join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
