@@ -102,6 +102,10 @@ impl Reading {
         self.last_seq = seq_of(f);
         self.frames += 1;
         if ty(f) == "data_chunk" {
+            if self.next_n == 0 {
+                // Followed from the middle: the rows go on from this chunk's first.
+                self.next_n = first_n(f).unwrap_or(1);
+            }
             for row in f["payload"]["data"].as_array().unwrap() {
                 assert_eq!(
                     row["n"],
@@ -474,17 +478,65 @@ async fn a_shared_execution_goes_at_its_slowest_participants_pace() {
                 .all(|&n| n == stalled_at),
         "Ann went on while Bob read nothing: {ann_rows:?}"
     );
-    // Bob reads again: both get every row, once.
-    let (a, b) = tokio::join!(
+    // Bob reads again: both get every row, once. Carol, who may see the session's executions, comes
+    // late: she gets what the log still holds, told of what is gone, then the rest.
+    let late = async {
+        let mut carol = cluster.client(1, "/ws/data").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        carol.subscribe(&exec, Some(0)).await;
+        let (mut told, mut r) = (None, Reading::new(&exec));
+        while r.terminal.is_none() {
+            match carol.next_frame(Duration::from_secs(60)).await {
+                Received::Frame(f) if ty(&f) == "error" && exec_of(&f).is_none() => {
+                    assert!(
+                        told.is_none() && r.frames == 0,
+                        "one notice, before the events: {f}"
+                    );
+                    told = Some(
+                        f["payload"]["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                Received::Frame(f) if r.frames == 0 && is_event_of(&f, &exec) => {
+                    // The first event kept: the events from there on, and the rows from its first.
+                    r.last_seq = seq_of(&f) - 1;
+                    r.next_n = 0;
+                    r.take(&f);
+                }
+                Received::Frame(f) => r.take(&f),
+                other => panic!("carol: {other:?}"),
+            }
+        }
+        (told, r)
+    };
+    let (a, b, (told, carol)) = tokio::join!(
         ann.collect_execution(&exec, Duration::from_secs(120)),
-        bob.collect_execution(&exec, Duration::from_secs(120))
+        bob.collect_execution(&exec, Duration::from_secs(120)),
+        late
     );
     for (who, frames) in [("ann", &a), ("bob", &b)] {
         let s = check_full_stream(&exec, frames);
         assert_eq!(s.terminal_type(), "query_completed", "{who}");
         assert_eq!(s.rows.len() as u64, ROWS, "{who}: every row once");
     }
-    eprintln!("shared: Ann stalled at {stalled_at} rows while Bob read nothing");
+    assert_eq!(
+        carol.next_n - 1,
+        ROWS,
+        "carol got the rest, to the last row"
+    );
+    if let Some(message) = &told {
+        assert!(message.contains("no longer retained"), "{message}");
+    }
+    eprintln!(
+        "shared: Ann stalled at {stalled_at} rows while Bob read nothing; Carol, 2 s late, was told: {told:?}"
+    );
+}
+
+/// The `n` of the first row of a data_chunk (None for other events).
+fn first_n(f: &Value) -> Option<u64> {
+    f["payload"]["data"].get(0)?.get("n")?.as_u64()
 }
 
 fn rows_of(frames: &[Value]) -> u64 {
