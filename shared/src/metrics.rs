@@ -185,6 +185,28 @@ pub fn install_with_listener(addr: SocketAddr) -> Result<(), BuildError> {
     builder()?.with_http_listener(addr).install()
 }
 
+/// Counts one frame sent to a client, by type, and its bytes. The counters are looked up once per
+/// type (a registry lookup and a label string per frame cost more than the rest of a delivery).
+pub fn count_frame_out(frame: &str) {
+    use std::sync::OnceLock;
+    static BY_TYPE: OnceLock<Vec<(&'static str, metrics::Counter)>> = OnceLock::new();
+    static BYTES: OnceLock<metrics::Counter> = OnceLock::new();
+    let by_type = BY_TYPE.get_or_init(|| {
+        crate::protocol::SERVER_MESSAGE_TYPES
+            .iter()
+            .map(|t| (*t, metrics::counter!(WS_MESSAGES_OUT, "type" => *t)))
+            .collect()
+    });
+    let kind = frame_type(frame);
+    match by_type.iter().find(|(t, _)| *t == kind) {
+        Some((_, counter)) => counter.increment(1),
+        None => metrics::counter!(WS_MESSAGES_OUT, "type" => kind.to_owned()).increment(1),
+    }
+    BYTES
+        .get_or_init(|| metrics::counter!(WS_BYTES_OUT))
+        .increment(frame.len() as u64);
+}
+
 /// The `type` of an encoded server frame, read without parsing it (frames start with `{"type":"`).
 pub fn frame_type(frame: &str) -> &str {
     frame

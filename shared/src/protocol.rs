@@ -622,6 +622,30 @@ pub enum ServerMessage {
     SystemNotice(SystemNotice),
 }
 
+/// Every server message `type`, as [`ServerMessage::type_name`] spells them.
+pub const SERVER_MESSAGE_TYPES: &[&str] = &[
+    "ack",
+    "error",
+    "pong",
+    "query_started",
+    "query_progress",
+    "data_stream_start",
+    "data_chunk",
+    "data_stream_complete",
+    "query_completed",
+    "query_error",
+    "query_cancelled",
+    "session_state",
+    "participant_joined",
+    "participant_left",
+    "query_updated",
+    "cursor_moved",
+    "chat_message",
+    "shared_execution",
+    "node_status",
+    "system_notice",
+];
+
 impl ServerMessage {
     /// The wire name of this message (its `type`).
     pub fn type_name(&self) -> &'static str {
@@ -771,6 +795,36 @@ mod tests {
         let long = "x".repeat(65);
         let e = decode_client_frame(&format!(r#"{{"type":"ping","id":"{long}"}}"#)).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn server_message_types_are_the_schemas() {
+        // The schema's variants are objects whose `type` property is a const.
+        fn collect(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    if let Some(t) = map
+                        .get("properties")
+                        .and_then(|p| p.get("type"))
+                        .and_then(|t| t.get("const"))
+                        .and_then(Value::as_str)
+                    {
+                        out.push(t.to_owned());
+                    }
+                    map.values().for_each(|v| collect(v, out));
+                }
+                Value::Array(items) => items.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        let schema = serde_json::to_value(schemars::schema_for!(ServerFrame)).unwrap();
+        let mut in_schema = Vec::new();
+        collect(&schema, &mut in_schema);
+        in_schema.sort();
+        in_schema.dedup();
+        let mut listed: Vec<String> = SERVER_MESSAGE_TYPES.iter().map(|t| t.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, in_schema);
     }
 
     #[test]

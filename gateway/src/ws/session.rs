@@ -10,13 +10,14 @@ use actix_ws::{AggregatedMessage, CloseCode, CloseReason, MessageStream, Protoco
 use bytestring::ByteString;
 use c2s_shared::bus::{BusEvent, CancelOutcome, ExecutionInfo, Job, Topic};
 use c2s_shared::codes::{close, ErrorCode};
-use c2s_shared::metrics as m;
+use c2s_shared::metrics::{self as m, count_frame_out};
 use c2s_shared::now_ms;
 use c2s_shared::protocol::{
     decode_client_frame, Ack, ClientFrame, ClientMessage, ExecuteQuery, NodeStatus, Pong,
     QueryCancelled, ServerFrame, ServerMessage, StreamFrom,
 };
 use c2s_shared::telemetry;
+use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -101,13 +102,16 @@ pub async fn run(
             return;
         }
     }
-    let mut heartbeat = tokio::time::interval(limits.heartbeat_interval());
+    // Each socket's heartbeat starts at a random point of the interval: sockets opened in one burst (a
+    // reconnect storm) would otherwise all be pinged in the same millisecond, every interval.
+    let mut heartbeat = jittered_interval(limits.heartbeat_interval());
     let mut last_heard = Instant::now();
     let mut draining = session.state.drain_signal();
     let mut notices = session.state.notices.subscribe();
-    // node_status goes out on /ws/monitoring only; the first tick is immediate.
-    let mut status_tick = tokio::time::interval(session.state.node_status_interval);
+    // node_status goes out on /ws/monitoring only (the first tick is immediate); other sockets have no
+    // such timer.
     let monitoring = endpoint == Endpoint::Monitoring;
+    let mut status_tick = monitoring.then(|| tokio::time::interval(session.state.node_status_interval));
     // The token's expiry closes the socket with 4001 unless a refresh_token extends it.
     let token_expiry = |identity: &Identity| {
         identity.expires_at.map(|exp| {
@@ -183,8 +187,8 @@ pub async fn run(
             // An event for this client from one of its streams.
             Some(outbound) = outbound.recv() => match outbound {
                 Outbound::Frame(text, _budget, written) => {
-                    count_out(&text);
-                    match tokio::time::timeout(limits.send_timeout(), session.ws.text(text)).await {
+                    count_frame_out(&text);
+                    match send_within(&mut session.ws, text, limits.send_timeout()).await {
                         // Written: the follower may now report it taken (the execution's window).
                         Ok(Ok(())) => written.into_iter().for_each(Written::record),
                         Ok(Err(_)) => break None,
@@ -222,14 +226,14 @@ pub async fn run(
             // An operator notice for every client.
             notice = notices.recv() => {
                 if let Ok(frame) = notice {
-                    count_out(&frame);
+                    count_frame_out(&frame);
                     if session.ws.text(frame).await.is_err() {
                         break None;
                     }
                 }
             }
             // Monitoring sockets: this node's status.
-            _ = status_tick.tick(), if monitoring => {
+            _ = tick_of(&mut status_tick), if monitoring => {
                 let status = session.node_status();
                 if session.send(status).await.is_err() {
                     break None;
@@ -277,10 +281,46 @@ fn rate_limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
 }
 
-/// Counts one outgoing frame by type.
-fn count_out(frame: &str) {
-    metrics::counter!(m::WS_MESSAGES_OUT, "type" => m::frame_type(frame).to_owned()).increment(1);
-    metrics::counter!(m::WS_BYTES_OUT).increment(frame.len() as u64);
+/// Writes one frame, giving up after `limit`: Err(None) for a closed socket, Err(Some(())) for a
+/// client that took nothing for that long. A write that is accepted at once (the common case) arms
+/// no timer.
+async fn send_within(
+    ws: &mut actix_ws::Session,
+    text: ByteString,
+    limit: std::time::Duration,
+) -> Result<Result<(), actix_ws::Closed>, tokio::time::error::Elapsed> {
+    let mut send = std::pin::pin!(ws.text(text));
+    if let Some(done) = send.as_mut().now_or_never() {
+        return Ok(done);
+    }
+    tokio::time::timeout(limit, send).await
+}
+
+/// An interval whose first tick comes after a random part of `period` (then every `period`).
+fn jittered_interval(period: std::time::Duration) -> tokio::time::Interval {
+    let offset = period.mul_f64(rand_fraction());
+    let mut interval =
+        tokio::time::interval_at(tokio::time::Instant::now() + offset, period.max(MIN_PERIOD));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// The shortest heartbeat period honoured.
+const MIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A fraction in [0, 1) from the random bits of a fresh UUID (no extra dependency).
+fn rand_fraction() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The next tick of an optional interval (never, without one).
+async fn tick_of(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn far_future() -> Instant {
