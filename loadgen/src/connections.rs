@@ -19,6 +19,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 pub async fn run(
     base: &str,
+    endpoint: &str,
     count: usize,
     parallel: usize,
     hold_secs: u64,
@@ -27,7 +28,7 @@ pub async fn run(
 ) -> anyhow::Result<serde_json::Value> {
     // Each socket needs a descriptor here too.
     let limit = rlimit::increase_nofile_limit(count as u64 + 1024).unwrap_or(0);
-    let url = format!("{}/ws/monitoring", base.trim_end_matches('/'));
+    let url = format!("{}{endpoint}", base.trim_end_matches('/'));
     let target = socket_addr(&url)?;
     println!("scenario connections: {count} idle sockets to {url} ({parallel} at a time, fd limit {limit})");
     let before = gateway_pid.and_then(rss_kib);

@@ -58,6 +58,10 @@ enum Scenario {
         /// Loopback source addresses to spread over (127.0.0.1 .. 127.0.0.N), past one address's ports.
         #[arg(long, default_value_t = 4)]
         source_addresses: u8,
+        /// The endpoint to hold sockets on: `/ws/query` is a browser tab with nothing running;
+        /// `/ws/monitoring` sockets also get a `node_status` every interval.
+        #[arg(long, default_value = "/ws/query")]
+        endpoint: String,
     },
     /// Collaboration fan-out: chat latency across gateway nodes.
     Fanout {
@@ -154,9 +158,11 @@ async fn main() -> anyhow::Result<()> {
             hold_secs,
             gateway_pid,
             source_addresses,
+            endpoint,
         } => {
             connections::run(
                 &cli.url,
+                &endpoint,
                 count,
                 parallel,
                 hold_secs,

@@ -136,7 +136,7 @@ impl Relay {
         let frame = ServerFrame::new(message);
         let _ = self
             .out
-            .send(Outbound::Frame(
+            .send(Outbound::frame(
                 ByteString::from(frame.to_text()),
                 None,
                 None,
@@ -351,19 +351,24 @@ impl Relay {
             );
             telemetry::continue_trace(&span, telemetry::frame_traceparent(&event.frame));
             self.out
-                .send(Outbound::Frame(event.frame, budget, written))
+                .send(Outbound::frame(event.frame, budget, written))
                 .instrument(span)
                 .await
         } else {
             self.out
-                .send(Outbound::Frame(event.frame, budget, written))
+                .send(Outbound::frame(event.frame, budget, written))
                 .await
         };
         if delivered.is_err() || event.terminal {
             return Flow::Done;
         }
         if let Some(execution_id) = follow {
-            if self.out.send(Outbound::Follow(execution_id)).await.is_err() {
+            if self
+                .out
+                .send(Outbound::Follow(execution_id.into()))
+                .await
+                .is_err()
+            {
                 return Flow::Done;
             }
         }
