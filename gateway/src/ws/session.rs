@@ -111,7 +111,8 @@ pub async fn run(
     // node_status goes out on /ws/monitoring only (the first tick is immediate); other sockets have no
     // such timer.
     let monitoring = endpoint == Endpoint::Monitoring;
-    let mut status_tick = monitoring.then(|| tokio::time::interval(session.state.node_status_interval));
+    let mut status_tick =
+        monitoring.then(|| tokio::time::interval(session.state.node_status_interval));
     // The token's expiry closes the socket with 4001 unless a refresh_token extends it.
     let token_expiry = |identity: &Identity| {
         identity.expires_at.map(|exp| {
