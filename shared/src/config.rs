@@ -250,6 +250,29 @@ pub struct LogArgs {
     /// How long (ms) spans are batched before export.
     #[arg(long, env = "C2S_OTEL_BATCH_DELAY_MS", default_value_t = 2_000)]
     pub otel_batch_delay_ms: u64,
+
+    /// Which spans are exported (tracing EnvFilter syntax), independent of --log: `C2S_LOG=error`
+    /// still exports every trace.
+    #[arg(long, env = "C2S_OTEL_FILTER", default_value = crate::telemetry::DEFAULT_OTEL_FILTER)]
+    pub otel_filter: String,
+
+    /// Fraction of new traces exported (0..=1). Parent-based: a trace continued from a client's
+    /// `traceparent`, a job or an event follows the sampled flag it carries.
+    #[arg(long, env = "C2S_OTEL_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otel_sample_ratio: f64,
+
+    /// Finished spans waiting for export, at most; further spans are dropped (and counted).
+    #[arg(long, env = "C2S_OTEL_MAX_QUEUE_SIZE", default_value_t = 2_048)]
+    pub otel_max_queue_size: usize,
+
+    /// Spans sent in one export request, at most.
+    #[arg(long, env = "C2S_OTEL_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    pub otel_max_export_batch_size: usize,
+
+    /// Debugging: one span per published and per delivered event (traces then grow with the result).
+    #[arg(long, env = "C2S_OTEL_CHUNK_SPANS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub otel_chunk_spans: bool,
 }
 
 #[cfg(test)]

@@ -29,6 +29,19 @@ pub const QUERY_TOTAL: &str = "c2s_query_total_seconds";
 pub const ROWS_STREAMED: &str = "c2s_rows_streamed_total";
 pub const JOB_QUEUE_DEPTH: &str = "c2s_job_queue_depth";
 pub const WORKER_RUNNING: &str = "c2s_worker_running_queries";
+pub const OTEL_SPANS_DROPPED: &str = "c2s_otel_spans_dropped_total";
+
+/// Describes the trace exporter's metric and creates it at zero (both binaries export traces).
+fn register_tracing() {
+    metrics::describe_counter!(
+        OTEL_SPANS_DROPPED,
+        "finished spans never exported, by reason (queue_full: the export queue was full; \
+         export_failed: the export request failed)"
+    );
+    for reason in ["queue_full", "export_failed"] {
+        metrics::counter!(OTEL_SPANS_DROPPED, "reason" => reason).absolute(0);
+    }
+}
 
 /// Describes the gateway's metrics (HELP text) and creates them at zero, so a scrape shows every
 /// one from the start (dashboards and alerts see 0, not "no data").
@@ -106,6 +119,7 @@ pub fn register_gateway() {
     metrics::gauge!(COLLAB_PARTICIPANTS).set(0.0);
     metrics::gauge!(COLLAB_SESSIONS).set(0.0);
     let _ = metrics::histogram!(REDIS_ROUNDTRIP);
+    register_tracing();
 }
 
 /// Describes the worker's metrics and creates them at zero (see [`register_gateway`]).
@@ -154,6 +168,7 @@ pub fn register_worker() {
     metrics::counter!(ROWS_STREAMED).absolute(0);
     metrics::gauge!(JOB_QUEUE_DEPTH).set(0.0);
     metrics::gauge!(WORKER_RUNNING).set(0.0);
+    register_tracing();
     for name in [
         QUERY_QUEUE_WAIT,
         QUERY_FIRST_CHUNK,

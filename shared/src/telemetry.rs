@@ -2,19 +2,26 @@
 //! format on a terminal; OpenTelemetry spans exported over OTLP/HTTP when an endpoint is configured.
 //!
 //! W3C `traceparent` travels in the envelope of client frames, in every job and in every event frame, so
-//! one trace covers client frame -> gateway -> Redis -> worker -> SQL -> Redis -> gateway -> client.
+//! one trace covers client frame -> gateway -> Redis -> worker -> SQL -> Redis -> gateway -> client; its
+//! sampled flag travels with it, so every process keeps or drops the same traces.
+//!
+//! Invariants: the log filter (`C2S_LOG`) and the span filter (`C2S_OTEL_FILTER`) are per-layer filters,
+//! so neither changes what the other sees; a query's trace has a fixed number of spans whatever the
+//! size of its result (per-event spans only with `C2S_OTEL_CHUNK_SPANS`).
+
+mod export;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::global;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
-use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -22,7 +29,13 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogArgs, LogFormat};
 
+/// The spans exported by default: the project's own (gateway binary, worker, shared), at info.
+pub const DEFAULT_OTEL_FILTER: &str = "gateway=info,worker=info,c2s_worker=info,c2s_shared=info";
+
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+static CHUNK_SPANS: AtomicBool = AtomicBool::new(false);
+/// The tracer of the exported spans, for the few spans built with explicit times.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Flushes and stops the trace exporter when dropped (at the end of `main`).
 pub struct TelemetryGuard {
@@ -42,12 +55,20 @@ pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
+/// True when every published and delivered event gets a span of its own (`C2S_OTEL_CHUNK_SPANS`).
+pub fn chunk_spans() -> bool {
+    exporting() && CHUNK_SPANS.load(Ordering::Relaxed)
+}
+
+fn env_filter(directives: &str, what: &str, fallback: &str) -> EnvFilter {
+    EnvFilter::try_new(directives).unwrap_or_else(|e| {
+        eprintln!("invalid {what} filter {directives:?} ({e}); using `{fallback}`");
+        EnvFilter::new(fallback)
+    })
+}
+
 pub fn init(args: &LogArgs, service: &'static str) -> TelemetryGuard {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|e| {
-        eprintln!("invalid --log filter {:?} ({e}); using `info`", args.log);
-        EnvFilter::new("info")
-    });
     let json = match args.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -66,58 +87,73 @@ pub fn init(args: &LogArgs, service: &'static str) -> TelemetryGuard {
             .with_writer(std::io::stderr)
             .boxed()
     };
+    let mut layers = vec![fmt
+        .with_filter(env_filter(&args.log, "--log", "info"))
+        .boxed()];
     let mut provider = None;
-    let otel = args.otel_endpoint.as_deref().and_then(|endpoint| {
-        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-        let exporter = match opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(url.clone())
-            .with_timeout(Duration::from_secs(5))
-            .build()
-        {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("trace export to {url} disabled: {e}");
-                return None;
+    if let Some(endpoint) = args.otel_endpoint.as_deref() {
+        match export::provider(args, endpoint, service) {
+            Ok(traces) => {
+                let tracer = traces.tracer(service);
+                let _ = TRACER.set(tracer.clone());
+                provider = Some(traces);
+                EXPORTING.store(true, Ordering::Relaxed);
+                CHUNK_SPANS.store(args.otel_chunk_spans, Ordering::Relaxed);
+                let filter = env_filter(&args.otel_filter, "--otel", DEFAULT_OTEL_FILTER);
+                layers.push(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(filter)
+                        .boxed(),
+                );
             }
-        };
-        let batch = BatchConfigBuilder::default()
-            .with_scheduled_delay(Duration::from_millis(args.otel_batch_delay_ms.max(10)))
-            .build();
-        let traces = SdkTracerProvider::builder()
-            .with_span_processor(
-                BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(batch)
-                    .build(),
-            )
-            .with_resource(Resource::builder().with_service_name(service).build())
-            .build();
-        let tracer = traces.tracer(service);
-        provider = Some(traces);
-        EXPORTING.store(true, Ordering::Relaxed);
-        Some(tracing_opentelemetry::layer().with_tracer(tracer).boxed())
-    });
-    let mut layers = vec![fmt];
-    layers.extend(otel);
-    let result = tracing_subscriber::registry()
-        .with(layers)
-        .with(filter)
-        .try_init();
-    if let Err(e) = result {
+            Err(e) => eprintln!("{e}"),
+        }
+    }
+    if let Err(e) = tracing_subscriber::registry().with(layers).try_init() {
         eprintln!("logging already initialised: {e}");
     }
     TelemetryGuard { provider }
 }
 
+/// Exports a span that already happened, from `started_at_ms` (Unix ms, another node's clock) until
+/// now, as a child of `parent` (a `traceparent`); nothing without a parent or when spans are not exported.
+pub fn record_past_span(
+    name: &'static str,
+    parent: Option<&str>,
+    started_at_ms: i64,
+    attributes: Vec<(&'static str, String)>,
+) {
+    let (Some(tracer), Some(parent)) = (TRACER.get(), parent.and_then(extract)) else {
+        return;
+    };
+    let end = SystemTime::now();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_millis(started_at_ms.max(0) as u64);
+    let mut span = tracer
+        .span_builder(name)
+        .with_start_time(start.min(end))
+        .with_attributes(attributes.into_iter().map(|(k, v)| KeyValue::new(k, v)))
+        .start_with_context(tracer, &parent);
+    span.end_with_timestamp(end);
+}
+
+/// The context of a valid W3C `traceparent`.
+fn extract(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+    parent.span().span_context().is_valid().then_some(parent)
+}
+
+/// True when `span` is recorded and exported (its trace was sampled).
+pub fn is_sampled(span: &tracing::Span) -> bool {
+    span.context().span().span_context().is_sampled()
+}
+
 /// Continues the trace of a W3C `traceparent` (if any, and valid) in `span`, and records the trace id
 /// in its `trace_id` field (when it has one) so log lines carry it.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
-    if let Some(traceparent) = traceparent {
-        let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-        let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
+    if let Some(parent) = traceparent.and_then(extract) {
+        let _ = span.set_parent(parent);
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();

@@ -17,6 +17,7 @@ use crate::config::ResolvedOptions;
 use crate::failure::Failure;
 use crate::pg_text::json_string;
 use crate::publisher::Publisher;
+use crate::stream_span::StreamSpan;
 use crate::window::{Limits, Window};
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent};
@@ -26,7 +27,6 @@ use c2s_shared::protocol::{
     Column, DataStreamComplete, DataStreamStart, QueryProgress, RowFormat, ServerFrame,
     ServerMessage,
 };
-use c2s_shared::telemetry;
 
 /// The one writer of an execution's event stream: numbers events 1, 2, 3… and publishes them in order.
 pub struct EventSink {
@@ -41,6 +41,9 @@ pub struct EventSink {
     publisher: Option<Publisher>,
     /// The execution's window of end-to-end backpressure.
     window: Window,
+    /// The one span of the events this sink publishes (opened with the first of them once there is a
+    /// trace to continue; closed after the terminal one).
+    stream: Option<StreamSpan>,
 }
 
 impl EventSink {
@@ -54,6 +57,7 @@ impl EventSink {
             progress: 0,
             started: Instant::now(),
             publisher: None,
+            stream: None,
         }
     }
 
@@ -109,12 +113,17 @@ impl EventSink {
             traceparent,
         }
         .to_text();
-        self.send(seq, terminal, frame, span).await
+        self.send(seq, terminal, frame, span, None).await
     }
 
     /// Publishes a `data_chunk` whose rows are already JSON (`rows`: the rows, comma-separated), once it
     /// fits in the execution's window (see [`Window`]).
-    async fn emit_chunk(&mut self, chunk_index: u64, rows: &[u8]) -> Result<usize, Failure> {
+    async fn emit_chunk(
+        &mut self,
+        chunk_index: u64,
+        rows: &[u8],
+        row_count: u64,
+    ) -> Result<usize, Failure> {
         let (seq, span, traceparent) = self.next_event("data_chunk");
         let frame = chunk_frame(
             &json_string(&self.execution_id),
@@ -125,26 +134,23 @@ impl EventSink {
             traceparent.as_deref(),
         );
         self.window.admit(frame.len()).await?;
-        Ok(self.send(seq, false, frame, span).await?)
+        Ok(self.send(seq, false, frame, span, Some(row_count)).await?)
     }
 
-    /// The next event's seq, its publish span when traces are exported (the frame carries it, so the
-    /// delivery spans on the gateways hang below it), and the traceparent the frame carries.
-    fn next_event(&self, kind: &'static str) -> (u64, Option<tracing::Span>, Option<String>) {
+    /// The next event's seq, its publish span (only with `C2S_OTEL_CHUNK_SPANS`), and the traceparent
+    /// the frame carries: the stream span's, so the delivery spans on the gateways hang below it.
+    fn next_event(&mut self, kind: &'static str) -> (u64, Option<tracing::Span>, Option<String>) {
         let seq = self.seq + 1;
-        let span = telemetry::exporting().then(|| {
-            tracing::info_span!(
-                "bus.publish",
-                otel.name = %format!("publish {kind}"),
-                otel.kind = "producer",
-                seq,
-            )
-        });
-        let traceparent = match &span {
-            Some(span) => telemetry::traceparent_of(span, self.traceparent.as_deref()),
-            None => self.traceparent.clone(),
-        };
-        (seq, span, traceparent)
+        if self.stream.is_none() {
+            self.stream = StreamSpan::start(&self.execution_id, self.traceparent.as_deref());
+        }
+        match &self.stream {
+            Some(stream) => {
+                let (span, traceparent) = stream.event(kind, seq);
+                (seq, span, traceparent)
+            }
+            None => (seq, None, self.traceparent.clone()),
+        }
     }
 
     /// Hands the event `seq` to the publisher (a terminal one: and waits until all are on the bus).
@@ -154,6 +160,7 @@ impl EventSink {
         terminal: bool,
         frame: String,
         span: Option<tracing::Span>,
+        rows: Option<u64>,
     ) -> Result<usize, BusError> {
         let size = frame.len();
         let event = BusEvent {
@@ -168,8 +175,13 @@ impl EventSink {
         publisher.send(event, span).await?;
         self.seq = seq;
         self.window.published(seq, size);
+        if let Some(stream) = &mut self.stream {
+            stream.count(rows, size);
+        }
         if terminal {
             self.flush().await?;
+            // The stream span ends once its last event is on the bus.
+            self.stream = None;
         }
         Ok(size)
     }
@@ -439,7 +451,10 @@ impl<'a> Chunker<'a> {
                 .record(self.sink.started.elapsed().as_secs_f64());
         }
         metrics::counter!(c2s_shared::metrics::ROWS_STREAMED).increment(self.rows_in_chunk as u64);
-        self.sink.emit_chunk(self.chunk_index, &self.data).await?;
+        let rows = self.rows_in_chunk as u64;
+        self.sink
+            .emit_chunk(self.chunk_index, &self.data, rows)
+            .await?;
         self.total_bytes += self.data.len() as u64;
         self.data.clear();
         self.rows_in_chunk = 0;

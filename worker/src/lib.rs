@@ -12,6 +12,7 @@ mod publisher;
 pub mod role_check;
 pub mod runner;
 mod sql_json;
+mod stream_span;
 pub mod window;
 
 pub use config::{QueryLimits, WorkerArgs};

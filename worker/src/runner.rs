@@ -336,6 +336,13 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         let waited_ms = (now_ms() - job.enqueued_at_ms).max(0);
+        // A sibling of this run's span, below the gateway's `enqueue job`.
+        telemetry::record_past_span(
+            "queue wait",
+            job.traceparent.as_deref(),
+            job.enqueued_at_ms,
+            vec![("execution_id", job.execution_id.clone())],
+        );
         metrics::histogram!(m::QUERY_QUEUE_WAIT).record(waited_ms as f64 / 1000.0);
         let options = self.args.limits.resolve(&job.options);
         // Events continue the trace from this worker's span.

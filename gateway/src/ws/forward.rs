@@ -25,6 +25,7 @@ use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic, RESYNC};
 use c2s_shared::codes::ErrorCode;
 use c2s_shared::protocol::{ErrorBody, ServerFrame, ServerMessage};
 
+use super::deliver_span::{self, DeliverSpan};
 use super::follower::Follower;
 use super::session::Outbound;
 use c2s_shared::telemetry;
@@ -63,6 +64,7 @@ impl Forward {
             fwd: self,
             last_sent: None,
             verify: false,
+            deliver: None,
         }
         .run()
         .await
@@ -76,6 +78,8 @@ struct Relay {
     last_sent: Option<u64>,
     /// Set by a resubscription: the log's event at `after_seq` must still be the one sent.
     verify: bool,
+    /// This follower's `deliver` span (an execution's, once its first event is relayed).
+    deliver: Option<DeliverSpan>,
 }
 
 impl std::ops::Deref for Relay {
@@ -339,27 +343,23 @@ impl Relay {
             Err(_) => return Flow::Done,
         };
         let written = self.follower.as_ref().map(|f| f.written(event.seq));
-        let delivered = if telemetry::exporting() {
-            // One span per delivered frame, child of the span that published it (on whichever node).
-            let span = tracing::info_span!(
-                "gateway.deliver",
-                otel.name = %format!("deliver {}", c2s_shared::metrics::frame_type(&event.frame)),
-                otel.kind = "consumer",
-                topic = %self.topic,
-                seq = event.seq,
-                trace_id = tracing::field::Empty,
-            );
-            telemetry::continue_trace(&span, telemetry::frame_traceparent(&event.frame));
-            self.out
-                .send(Outbound::frame(event.frame, budget, written))
-                .instrument(span)
-                .await
-        } else {
-            self.out
-                .send(Outbound::frame(event.frame, budget, written))
-                .await
+        if telemetry::exporting() {
+            if self.deliver.is_none() {
+                self.deliver = DeliverSpan::start(&self.topic, &event.frame);
+            }
+            if let Some(deliver) = &mut self.deliver {
+                deliver.count(&event.frame);
+            }
+        }
+        let per_event = deliver_span::event_span(&self.topic, event.seq, &event.frame);
+        let frame = Outbound::frame(event.frame, budget, written);
+        let delivered = match per_event {
+            Some(span) => self.out.send(frame).instrument(span).await,
+            None => self.out.send(frame).await,
         };
         if delivered.is_err() || event.terminal {
+            // The follower's span ends with the stream.
+            self.deliver = None;
             return Flow::Done;
         }
         if let Some(execution_id) = follow {

@@ -2,6 +2,7 @@
 //! depends on the endpoint.
 
 mod collab;
+mod deliver_span;
 mod follower;
 mod forward;
 mod session;

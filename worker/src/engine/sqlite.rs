@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{Column as _, ConnectOptions, Connection, Executor, Statement, TypeInfo};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{parse_params, Completed, Failure, SqlEngine};
 use crate::config::{QueryLimits, ResolvedOptions};
@@ -88,6 +89,27 @@ impl SqliteEngine {
 #[async_trait]
 impl SqlEngine for SqliteEngine {
     async fn execute(
+        &self,
+        job: &Job,
+        options: &ResolvedOptions,
+        sink: &mut EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<Completed, Failure> {
+        let span = super::db_span("sqlite", &job.query);
+        let result = self
+            .run(job, options, sink, cancel)
+            .instrument(span.clone())
+            .await;
+        if let Ok(done) = &result {
+            span.record("db.rows", done.row_count);
+        }
+        result
+    }
+}
+
+impl SqliteEngine {
+    /// Runs the statement and streams its rows (the body of [`SqlEngine::execute`], in its span).
+    async fn run(
         &self,
         job: &Job,
         options: &ResolvedOptions,
