@@ -28,6 +28,7 @@ use super::follower::{Follower, Written};
 use super::forward::Forward;
 use super::Endpoint;
 use crate::auth::Identity;
+use crate::per_user::UserLease;
 use crate::state::{AppState, ConnectionSlot};
 
 /// What the streams a socket follows hand to its session task.
@@ -95,6 +96,35 @@ pub async fn run(
         streams: HashMap::new(),
         member: None,
     };
+    // The user's cap over all nodes; the lease goes back when the socket task ends.
+    let mut lease = match UserLease::open(
+        session.state.bus.clone(),
+        &session.identity.user_id,
+        &session.state.node_id,
+        limits.max_connections_per_user,
+        limits.connection_lease(),
+    )
+    .await
+    {
+        Ok(lease) => lease,
+        Err(over) => {
+            metrics::counter!(m::REFUSALS, "reason" => "user_connections").increment(1);
+            let e = refuse(
+                ErrorCode::RateLimited,
+                format!(
+                    "you have {} connections open already (the per-user cap): close one, then retry",
+                    over.max
+                ),
+            );
+            let _ = session.send_error(e, None).await;
+            let reason = CloseReason {
+                code: CloseCode::from(close::TRY_AGAIN_LATER),
+                description: Some("too many connections for this user".into()),
+            };
+            let _ = session.ws.close(Some(reason)).await;
+            return;
+        }
+    };
     if let Some(join) = collab {
         if let Err((refusal, close_code)) = session.join(join).await {
             let _ = session.send_error(refusal, None).await;
@@ -111,7 +141,8 @@ pub async fn run(
     // node_status goes out on /ws/monitoring only (the first tick is immediate); other sockets have no
     // such timer.
     let monitoring = endpoint == Endpoint::Monitoring;
-    let mut status_tick = monitoring.then(|| tokio::time::interval(session.state.node_status_interval));
+    let mut status_tick =
+        monitoring.then(|| tokio::time::interval(session.state.node_status_interval));
     // The token's expiry closes the socket with 4001 unless a refresh_token extends it.
     let token_expiry = |identity: &Identity| {
         identity.expires_at.map(|exp| {
@@ -123,6 +154,7 @@ pub async fn run(
     metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).increment(1.0);
     metrics::counter!(m::WS_CONNECTIONS_OPENED, "endpoint" => path).increment(1);
     let rate = rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst);
+    let user_rate = session.state.user_rates.bucket(&session.identity.user_id);
     let mut refused: u32 = 0;
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
 
@@ -140,14 +172,13 @@ pub async fn run(
                 match frame {
                     Ok(AggregatedMessage::Text(text)) => {
                         metrics::counter!(m::WS_BYTES_IN).increment(text.len() as u64);
-                        if rate.check().is_err() {
+                        if let Some(message) = over_rate(&rate, &user_rate, &limits) {
                             metrics::counter!(m::RATE_LIMITED).increment(1);
                             refused += 1;
                             if refused > limits.rate_limit_max_refused {
                                 break Some(close_reason(close::POLICY));
                             }
-                            let e = refuse(ErrorCode::RateLimited, format!(
-                                "more than {} frames/s (burst {}): frame dropped; slow down", limits.rate_limit_per_sec, limits.rate_limit_burst));
+                            let e = refuse(ErrorCode::RateLimited, message);
                             if session.send_error(e, None).await.is_err() {
                                 break None;
                             }
@@ -239,8 +270,11 @@ pub async fn run(
                     break None;
                 }
             }
-            // Heartbeat: ping the client, close it if it has been silent too long.
+            // Heartbeat: ping the client, close it if it has been silent too long; keep the user lease.
             _ = heartbeat.tick() => {
+                if let Some(lease) = lease.as_mut() {
+                    lease.renew_if_due().await;
+                }
                 if last_heard.elapsed() > limits.client_timeout() {
                     break Some(CloseReason { code: CloseCode::Away, description: Some("idle timeout".into()) });
                 }
@@ -272,6 +306,30 @@ fn collab_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("collab", otel.name = name, trace_id = tracing::field::Empty,);
     telemetry::continue_trace(&span, traceparent);
     span
+}
+
+/// Why a client frame is refused by the socket's bucket or its user's (None: it passes). The socket's
+/// is checked first, so a socket over its own rate does not use its user's tokens up.
+fn over_rate(
+    socket: &DefaultDirectRateLimiter,
+    user: &DefaultDirectRateLimiter,
+    limits: &crate::config::WsArgs,
+) -> Option<String> {
+    if socket.check().is_err() {
+        metrics::counter!(m::REFUSALS, "reason" => "connection_rate").increment(1);
+        return Some(format!(
+            "more than {} frames/s (burst {}) on this connection: frame dropped; slow down",
+            limits.rate_limit_per_sec, limits.rate_limit_burst
+        ));
+    }
+    if user.check().is_err() {
+        metrics::counter!(m::REFUSALS, "reason" => "user_rate").increment(1);
+        return Some(format!(
+            "more than {} frames/s (burst {}) over all your connections: frame dropped; slow down",
+            limits.user_rate_limit_per_sec, limits.user_rate_limit_burst
+        ));
+    }
+    None
 }
 
 /// The per-connection token bucket (rate and burst of at least 1).
@@ -563,12 +621,15 @@ impl Session {
                     metrics::counter!(m::QUERIES_ENQUEUED).increment(1);
                     Ok(())
                 }
-                Ok(false) => Err(refuse(
-                    ErrorCode::RateLimited,
-                    format!(
+                Ok(false) => {
+                    metrics::counter!(m::REFUSALS, "reason" => "user_queries").increment(1);
+                    Err(refuse(
+                        ErrorCode::RateLimited,
+                        format!(
                         "you already have {max_per_user} queries running; wait for one to finish"
                     ),
-                )),
+                    ))
+                }
                 Err(e) => Err(unavailable(e)),
             },
             Err(e) => Err(e),
@@ -705,6 +766,7 @@ impl Session {
             budget_total: self.state.ws.outbound_queue_bytes.max(1),
             resync_interval: self.state.ws.resync_interval(),
             replay_batch: self.state.ws.replay_batch.max(1),
+            queue_position_interval: self.state.ws.queue_position_interval(),
         };
         let task = actix_web::rt::spawn(forward.run());
         self.streams.insert(topic, task);
