@@ -134,7 +134,7 @@ impl QueryLimits {
 /// How the worker takes jobs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Name of this worker in the consumer group (default: `worker-<random>`).
+    /// Name of this worker in the job queue's claims and slot registry (default: `worker-<random>`).
     #[arg(long, env = "C2S_WORKER_ID")]
     pub worker_id: Option<String>,
 
