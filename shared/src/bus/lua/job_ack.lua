@@ -10,8 +10,7 @@ local id = ARGV[1]
 
 local who = redis.call('HGET', claimed, id)
 if who then
-  local user = string.match(who, '\t(.*)$')
-  if user and redis.call('HINCRBY', running, user, -1) <= 0 then redis.call('HDEL', running, user) end
+  release(running, claim_user(who))
   redis.call('HDEL', claimed, id)
 end
 redis.call('ZREM', claims, id)

@@ -6,8 +6,7 @@ local workers = KEYS[7]
 local consumer = ARGV[1]
 local ids = { unpack(ARGV, 2) }
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('ZADD', workers, 'XX', now, consumer)
 for _, id in ipairs(ids) do
   local who = redis.call('HGET', claimed, id)

@@ -21,8 +21,7 @@ local share = tonumber(ARGV[4])
 local reserved = tonumber(ARGV[5])
 local scan = tonumber(ARGV[6])
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('ZADD', workers, now, consumer)
 redis.call('HSET', slots, consumer, concurrency)
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', workers, '-inf', now - worker_ttl_ms)) do
@@ -63,12 +62,8 @@ for _ = 1, 8 do
     redis.call('ZADD', heads, tonumber(string.match(rest, '^(%d+)')), user)
   end
   if id then
-    local entry = redis.call('XRANGE', stream, id, id)[1]
-    if entry then
-      local fields, body = entry[2], ''
-      for i = 1, #fields, 2 do
-        if fields[i] == 'job' then body = fields[i + 1] end
-      end
+    local body = job_body(stream, id)
+    if body then
       redis.call('HINCRBY', running, user, 1)
       redis.call('ZADD', claims, now, id)
       redis.call('HSET', claimed, id, consumer .. '\t' .. user)

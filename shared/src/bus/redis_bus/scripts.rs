@@ -8,6 +8,11 @@
 
 use redis::Script;
 
+/// The job scripts share `jobs_lib.lua` (functions, no KEYS of their own), prepended to each.
+fn job_script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("../lua/jobs_lib.lua")))
+}
+
 /// The session scripts share `session_lib.lua` (a function, no KEYS of its own), prepended to each.
 fn session_script(body: &str) -> Script {
     Script::new(&format!(
@@ -62,10 +67,10 @@ impl Scripts {
             session_chat: session_script(include_str!("../lua/session_chat.lua")),
             session_append: session_script(include_str!("../lua/session_append.lua")),
             job_enqueue: Script::new(include_str!("../lua/job_enqueue.lua")),
-            job_take: Script::new(include_str!("../lua/job_take.lua")),
-            job_ack: Script::new(include_str!("../lua/job_ack.lua")),
-            job_reclaim: Script::new(include_str!("../lua/job_reclaim.lua")),
-            job_keep_alive: Script::new(include_str!("../lua/job_keep_alive.lua")),
+            job_take: job_script(include_str!("../lua/job_take.lua")),
+            job_ack: job_script(include_str!("../lua/job_ack.lua")),
+            job_reclaim: job_script(include_str!("../lua/job_reclaim.lua")),
+            job_keep_alive: job_script(include_str!("../lua/job_keep_alive.lua")),
             job_position: Script::new(include_str!("../lua/job_position.lua")),
             conn_acquire: Script::new(include_str!("../lua/conn_acquire.lua")),
         }
