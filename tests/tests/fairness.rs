@@ -166,10 +166,16 @@ async fn expect_refused(cluster: &Cluster, i: usize, user: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_per_user_connection_cap_holds_over_nodes_and_survives_a_killed_node() {
+both_redis_modes!(
+    the_per_user_connection_cap_holds_over_nodes_and_survives_a_killed_node,
+    the_per_user_connection_cap_holds_over_nodes_and_survives_a_killed_node_on_redis_cluster,
+    connection_cap_body
+);
+
+async fn connection_cap_body(mode: RedisMode) {
     let lease = Duration::from_millis(1_500);
     let mut cluster = Cluster::builder("fair_conn_cap")
+        .redis(mode)
         .gateways(2)
         .workers(0)
         .database(false)
@@ -235,7 +241,7 @@ async fn the_per_user_connection_cap_holds_over_nodes_and_survives_a_killed_node
         )
     });
     eprintln!(
-        "connection cap: back in {:?} after kill -9 (lease {lease:?})",
+        "connection cap ({mode:?}): back in {:?} after kill -9 (lease {lease:?})",
         killed.elapsed()
     );
     back.ping(6).await;

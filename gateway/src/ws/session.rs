@@ -97,33 +97,8 @@ pub async fn run(
         member: None,
     };
     // The user's cap over all nodes; the lease goes back when the socket task ends.
-    let mut lease = match UserLease::open(
-        session.state.bus.clone(),
-        &session.identity.user_id,
-        &session.state.node_id,
-        limits.max_connections_per_user,
-        limits.connection_lease(),
-    )
-    .await
-    {
-        Ok(lease) => lease,
-        Err(over) => {
-            metrics::counter!(m::REFUSALS, "reason" => "user_connections").increment(1);
-            let e = refuse(
-                ErrorCode::RateLimited,
-                format!(
-                    "you have {} connections open already (the per-user cap): close one, then retry",
-                    over.max
-                ),
-            );
-            let _ = session.send_error(e, None).await;
-            let reason = CloseReason {
-                code: CloseCode::from(close::TRY_AGAIN_LATER),
-                description: Some("too many connections for this user".into()),
-            };
-            let _ = session.ws.close(Some(reason)).await;
-            return;
-        }
+    let Ok(mut lease) = session.open_user_lease().await else {
+        return;
     };
     if let Some(join) = collab {
         if let Err((refusal, close_code)) = session.join(join).await {
@@ -433,6 +408,39 @@ impl Session {
         }
         self.identity = fresh;
         Ok(())
+    }
+
+    /// Counts this socket against its user's connection cap (None: no cap); over it, the client gets
+    /// an `error rate_limited` and close 1013 with the reason, and Err.
+    async fn open_user_lease(&mut self) -> Result<Option<UserLease>, ()> {
+        let limits = &self.state.ws;
+        let opened = UserLease::open(
+            self.state.bus.clone(),
+            &self.identity.user_id,
+            &self.state.node_id,
+            limits.max_connections_per_user,
+            limits.connection_lease(),
+        )
+        .await;
+        let over = match opened {
+            Ok(lease) => return Ok(lease),
+            Err(over) => over,
+        };
+        metrics::counter!(m::REFUSALS, "reason" => "user_connections").increment(1);
+        let e = refuse(
+            ErrorCode::RateLimited,
+            format!(
+                "you have {} connections open already (the per-user cap): close one, then retry",
+                over.max
+            ),
+        );
+        let _ = self.send_error(e, None).await;
+        let reason = CloseReason {
+            code: CloseCode::from(close::TRY_AGAIN_LATER),
+            description: Some("too many connections for this user".into()),
+        };
+        let _ = self.ws.clone().close(Some(reason)).await;
+        Err(())
     }
 
     fn node_status(&self) -> ServerMessage {
