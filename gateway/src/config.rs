@@ -121,6 +121,30 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// WebSocket connections one user may have open at once over all nodes (every endpoint counts);
+    /// the next is closed with 1013 at upgrade. 0: no cap.
+    #[arg(long, env = "C2S_MAX_CONNECTIONS_PER_USER", default_value_t = 32)]
+    pub max_connections_per_user: usize,
+
+    /// How long (ms) a socket counts against its user's cap without being renewed (renewed on
+    /// heartbeat ticks once a third of it has passed): after a node crash, its users' sockets stop
+    /// counting within this.
+    #[arg(long, env = "C2S_CONNECTION_LEASE_MS", default_value_t = 30_000)]
+    pub connection_lease_ms: u64,
+
+    /// Frames per second one user may send on average over all of their sockets on a node.
+    #[arg(long, env = "C2S_USER_RATE_LIMIT_PER_SEC", default_value_t = 400)]
+    pub user_rate_limit_per_sec: u32,
+
+    /// Frames one user may send in a burst over all of their sockets on a node.
+    #[arg(long, env = "C2S_USER_RATE_LIMIT_BURST", default_value_t = 2_000)]
+    pub user_rate_limit_burst: u32,
+
+    /// How often (ms) a queued query's place in the job queue is looked up and, when it changed, sent
+    /// as `query_progress` step `queued` with `queuePosition`.
+    #[arg(long, env = "C2S_QUEUE_POSITION_INTERVAL_MS", default_value_t = 1_000)]
+    pub queue_position_interval_ms: u64,
+
     /// Frames per second a connection may send on average (token bucket refill rate).
     #[arg(long, env = "C2S_RATE_LIMIT_PER_SEC", default_value_t = 200)]
     pub rate_limit_per_sec: u32,
@@ -217,6 +241,12 @@ impl WsArgs {
     }
     pub fn send_timeout(&self) -> Duration {
         Duration::from_millis(self.send_timeout_ms.max(1))
+    }
+    pub fn connection_lease(&self) -> Duration {
+        Duration::from_millis(self.connection_lease_ms.max(30))
+    }
+    pub fn queue_position_interval(&self) -> Duration {
+        Duration::from_millis(self.queue_position_interval_ms.max(10))
     }
     pub fn resync_interval(&self) -> Duration {
         Duration::from_millis(self.resync_interval_ms.max(10))

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod demo_page;
 mod http;
+mod per_user;
 mod presence;
 mod state;
 mod ws;

@@ -32,6 +32,8 @@ pub struct AppState {
     /// Verifies the identity of each upgrade.
     pub auth: crate::auth::Authenticator,
     pub allowed_origins: Vec<String>,
+    /// The per-user frame buckets of this node (shared by each user's sockets here).
+    pub user_rates: crate::per_user::UserRates,
     /// Local participants per collaboration session (for the active-sessions gauge).
     local_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -67,6 +69,10 @@ impl AppState {
             ),
             metrics,
             local_sessions: Default::default(),
+            user_rates: crate::per_user::UserRates::new(
+                cli.ws.user_rate_limit_per_sec,
+                cli.ws.user_rate_limit_burst,
+            ),
             ws: cli.ws.clone(),
             collab: cli.collab.clone(),
             node_id,

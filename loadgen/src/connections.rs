@@ -37,7 +37,8 @@ pub async fn run(
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
         let permit = gate.clone().acquire_owned().await?;
-        let url = url.clone();
+        // One development identity per socket: the per-user connection cap is not what this measures.
+        let url = format!("{url}?user=lgc{i}");
         let source = source_address(i, source_addresses);
         tasks.push(tokio::spawn(async move {
             let ws = connect_from(&url, target, source).await?;

@@ -12,9 +12,6 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The consumer group that all workers read the job stream with.
-pub const WORKER_GROUP: &str = "workers";
-
 /// Why a key prefix was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("the key prefix {0:?} must not contain `{{` or `}}` (Redis Cluster hash tags)")]
@@ -40,9 +37,31 @@ impl Keys {
         &self.prefix
     }
 
-    /// Stream of query jobs, read by the worker consumer group.
+    /// Stream of query jobs (the job bodies, entry id = job id), deleted once acknowledged.
     pub fn jobs(&self) -> String {
         format!("{}:{{jobs}}", self.prefix)
+    }
+
+    /// Every key of the fair scheduler, in the order the job scripts take them as KEYS[1..9], all in
+    /// the `{jobs}` slot (see `bus/redis_bus/jobs.rs`): the job stream; `heads` (zset: user with waiting
+    /// jobs -> ms of its oldest); `queues` (hash: user -> its waiting job ids, oldest first,
+    /// space-separated); `running` (hash: user -> jobs taken and not acknowledged); `claims` (zset: job
+    /// id -> ms its worker last refreshed it); `claimed` (hash: job id -> `<consumer>\t<user>`);
+    /// `workers` (zset: worker -> ms last seen); `slots` (hash: worker -> its concurrency); `wake` (list
+    /// of tokens idle workers block on).
+    pub fn scheduler_keys(&self) -> [String; 9] {
+        let base = format!("{}:{{jobs}}", self.prefix);
+        [
+            base.clone(),
+            format!("{base}:heads"),
+            format!("{base}:queues"),
+            format!("{base}:running"),
+            format!("{base}:claims"),
+            format!("{base}:claimed"),
+            format!("{base}:workers"),
+            format!("{base}:slots"),
+            format!("{base}:wake"),
+        ]
     }
 
     /// Hash with an execution's lifecycle state (`pending`/`queued`/`running`/`done`/`cancelled`/`lost`),
@@ -136,6 +155,12 @@ impl Keys {
         format!("{}:{{u:{user}}}:running", self.prefix)
     }
 
+    /// Sorted set of a user's open sockets over all nodes (`<node>\t<socket id>` -> lease deadline, ms):
+    /// the per-user connection cap. A dead node's sockets drop out when their leases end.
+    pub fn user_connections(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:connections", self.prefix)
+    }
+
     /// Idempotency record of a client message id, per user.
     pub fn idempotency(&self, user: &str, client_id: &str) -> String {
         format!("{}:{{u:{user}}}:idem:{client_id}", self.prefix)
@@ -174,6 +199,8 @@ mod tests {
         assert_eq!(tag(&k.idempotency("ann", "c-1")), "u:ann");
         assert_eq!(tag(&k.node_participants("gw")), "n:gw");
         assert_eq!(tag(&k.jobs()), "jobs");
+        assert!(k.scheduler_keys().iter().all(|key| tag(key) == "jobs"));
+        assert_eq!(tag(&k.user_connections("ann")), "u:ann");
         assert!(Keys::checked("a{b").is_err() && Keys::checked("t-1").is_ok());
     }
 }

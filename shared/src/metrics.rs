@@ -20,6 +20,17 @@ pub const QUERIES_ENQUEUED: &str = "c2s_queries_enqueued_total";
 pub const COLLAB_PARTICIPANTS: &str = "c2s_collab_participants";
 pub const COLLAB_SESSIONS: &str = "c2s_collab_sessions";
 pub const REDIS_ROUNDTRIP: &str = "c2s_redis_roundtrip_seconds";
+/// Refusals of the fairness and capacity limits, by `reason` (see [`REFUSAL_REASONS`]).
+pub const REFUSALS: &str = "c2s_refusals_total";
+
+/// Every `reason` of [`REFUSALS`].
+pub const REFUSAL_REASONS: &[&str] = &[
+    "user_connections",
+    "node_connections",
+    "user_rate",
+    "connection_rate",
+    "user_queries",
+];
 
 pub const JOBS: &str = "c2s_jobs_total";
 pub const QUERY_QUEUE_WAIT: &str = "c2s_query_queue_wait_seconds";
@@ -40,6 +51,20 @@ fn register_tracing() {
     );
     for reason in ["queue_full", "export_failed"] {
         metrics::counter!(OTEL_SPANS_DROPPED, "reason" => reason).absolute(0);
+    }
+}
+
+pub const JOBS_WAITING: &str = "c2s_jobs_waiting";
+pub const USERS_WAITING: &str = "c2s_users_waiting";
+pub const WORKER_SLOTS: &str = "c2s_worker_slots";
+
+/// The `class` of [`QUERY_QUEUE_WAIT`]: `light` (its user had nothing running when it was taken) or
+/// `heavy`.
+pub fn user_class(user_running: u32) -> &'static str {
+    if user_running == 0 {
+        "light"
+    } else {
+        "heavy"
     }
 }
 
@@ -81,6 +106,14 @@ pub fn register_gateway() {
         "client frames refused by the per-connection rate limit"
     );
     describe_counter!(QUERIES_ENQUEUED, "query jobs accepted into the job queue");
+    describe_counter!(
+        REFUSALS,
+        "refusals of a per-user or per-node limit, by reason (user_connections, node_connections, \
+         user_rate, connection_rate, user_queries)"
+    );
+    for reason in REFUSAL_REASONS {
+        metrics::counter!(REFUSALS, "reason" => *reason).absolute(0);
+    }
     describe_gauge!(
         COLLAB_PARTICIPANTS,
         "collaboration participants connected to this node"
@@ -132,7 +165,8 @@ pub fn register_worker() {
     describe_histogram!(
         QUERY_QUEUE_WAIT,
         Unit::Seconds,
-        "time from enqueue to a worker starting the query"
+        "time from enqueue to a worker starting the query, by class of its user (light: nothing \
+         else running, heavy)"
     );
     describe_histogram!(
         QUERY_FIRST_CHUNK,
@@ -155,6 +189,15 @@ pub fn register_worker() {
         "jobs in the queue not yet acknowledged (waiting or running)"
     );
     describe_gauge!(WORKER_RUNNING, "queries this worker is running");
+    describe_gauge!(JOBS_WAITING, "jobs waiting for a worker slot (all workers)");
+    describe_gauge!(USERS_WAITING, "users with jobs waiting for a worker slot");
+    describe_gauge!(
+        WORKER_SLOTS,
+        "slots of the workers seen lately (all workers)"
+    );
+    for name in [JOBS_WAITING, USERS_WAITING, WORKER_SLOTS] {
+        metrics::gauge!(name).set(0.0);
+    }
     for outcome in [
         "completed",
         "error",
@@ -169,12 +212,10 @@ pub fn register_worker() {
     metrics::gauge!(JOB_QUEUE_DEPTH).set(0.0);
     metrics::gauge!(WORKER_RUNNING).set(0.0);
     register_tracing();
-    for name in [
-        QUERY_QUEUE_WAIT,
-        QUERY_FIRST_CHUNK,
-        QUERY_EXECUTION,
-        QUERY_TOTAL,
-    ] {
+    for class in ["light", "heavy"] {
+        let _ = metrics::histogram!(QUERY_QUEUE_WAIT, "class" => class);
+    }
+    for name in [QUERY_FIRST_CHUNK, QUERY_EXECUTION, QUERY_TOTAL] {
         let _ = metrics::histogram!(name);
     }
 }

@@ -357,10 +357,14 @@ pub struct QueryProgress {
     pub timestamp: i64,
     /// 0..=100, never decreasing within an execution.
     pub progress: u8,
-    /// Human label: `executing`, `streaming`, …
+    /// Human label: `queued`, `executing`, `streaming`, …
     pub step: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows_processed: Option<u64>,
+    /// With step `queued` (sent by the gateway, without `seq`, while the job waits for a worker): its
+    /// place in the fair order of the job queue, 1 being next, if nothing finishes meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

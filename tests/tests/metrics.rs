@@ -58,6 +58,15 @@ async fn counters_move_by_the_workload() {
         1.0
     );
     assert!(metric(&gw, "c2s_ws_bytes_out_total") > 10_000.0);
+    for reason in [
+        "user_connections",
+        "node_connections",
+        "user_rate",
+        "user_queries",
+    ] {
+        let refusals = format!(r#"c2s_refusals_total{{reason="{reason}"}}"#);
+        assert_eq!(metric(&gw, &refusals), 0.0, "{refusals}");
+    }
 
     let worker_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (status, body) = http_get(worker_addr, "/metrics").await;
@@ -67,5 +76,13 @@ async fn counters_move_by_the_workload() {
     assert_eq!(metric(&wk, r#"c2s_jobs_total{outcome="error"}"#), 1.0);
     assert_eq!(metric(&wk, "c2s_rows_streamed_total"), 1201.0);
     assert_eq!(metric(&wk, "c2s_query_first_chunk_seconds_count"), 2.0);
-    assert_eq!(metric(&wk, "c2s_query_queue_wait_seconds_count"), 3.0);
+    // One query at a time: each was taken while its user had nothing else running.
+    assert_eq!(
+        metric(&wk, r#"c2s_query_queue_wait_seconds_count{class="light"}"#),
+        3.0
+    );
+    assert_eq!(
+        metric(&wk, r#"c2s_query_queue_wait_seconds_count{class="heavy"}"#),
+        0.0
+    );
 }

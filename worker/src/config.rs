@@ -134,7 +134,7 @@ impl QueryLimits {
 /// How the worker takes jobs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// Name of this worker in the consumer group (default: `worker-<random>`).
+    /// Name of this worker in the job queue's claims and slot registry (default: `worker-<random>`).
     #[arg(long, env = "C2S_WORKER_ID")]
     pub worker_id: Option<String>,
 
@@ -151,6 +151,18 @@ pub struct WorkerArgs {
     #[arg(long, env = "C2S_JOB_CLAIM_IDLE_MS", default_value_t = 15_000)]
     pub job_claim_idle_ms: u64,
 
+    /// Fair share: while other users have jobs waiting, a user whose jobs hold this share of all
+    /// workers' slots (at least one slot) is given no more until they are served (0 < share <= 1).
+    /// Waiting users are always served fewest-running-first, so with 1 only that order applies.
+    #[arg(long, env = "C2S_USER_SLOT_SHARE", default_value_t = 0.5)]
+    pub user_slot_share: f64,
+
+    /// Free slots (over all workers) that a user already running a query may not take: kept for a
+    /// user with nothing running, whose first query then starts within one wake-up (well under 1 s)
+    /// instead of when some running query ends. 0: a user alone gets every slot.
+    #[arg(long, env = "C2S_RESERVED_SLOTS", default_value_t = 0)]
+    pub reserved_slots: usize,
+
     /// On shutdown, how long (ms) running queries may take to finish before the worker exits anyway.
     #[arg(long, env = "C2S_WORKER_GRACE_MS", default_value_t = 10_000)]
     pub grace_ms: u64,
@@ -160,6 +172,17 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
+    pub fn fairness(&self) -> c2s_shared::bus::Fairness {
+        c2s_shared::bus::Fairness {
+            share: if self.user_slot_share > 0.0 {
+                self.user_slot_share.min(1.0)
+            } else {
+                1.0
+            },
+            reserved: self.reserved_slots,
+        }
+    }
+
     pub fn worker_id(&self) -> String {
         self.worker_id.clone().unwrap_or_else(|| {
             format!("worker-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -200,6 +200,7 @@ impl EventSink {
             progress: self.progress,
             step: step.to_owned(),
             rows_processed,
+            queue_position: None,
         });
         self.emit(msg).await.map(|_| ())
     }

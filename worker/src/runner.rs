@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c2s_shared::bus::{Bus, BusError, Delivery, TakeOver, Topic};
+use c2s_shared::bus::{Bus, BusError, Delivery, TakeOver, Taker, Topic};
 use c2s_shared::codes::QueryErrorCode;
 use c2s_shared::metrics as m;
 use c2s_shared::now_ms;
@@ -106,9 +106,15 @@ impl Worker {
                 // Stop taking jobs.
                 _ = &mut shutdown => break,
             };
+            let taker = Taker {
+                consumer: &this.id,
+                concurrency: this.args.concurrency.max(1),
+                live_for: Duration::from_millis(this.args.job_claim_idle_ms.max(30)),
+                fairness: this.args.fairness(),
+            };
             let delivery = tokio::select! {
-                // The next job (None after `poll` with nothing to do).
-                d = this.bus.next_job(&this.id, poll) => d,
+                // The next job the fair scheduler gives us (None after `poll` with nothing to do).
+                d = this.bus.next_job(&taker, poll) => d,
                 // Stop taking jobs.
                 _ = &mut shutdown => break,
             };
@@ -157,6 +163,11 @@ impl Worker {
                 .collect();
             if let Ok(Some(depth)) = self.bus.queue_depth().await {
                 metrics::gauge!(m::JOB_QUEUE_DEPTH).set(depth as f64);
+            }
+            if let Ok(Some(stats)) = self.bus.queue_stats().await {
+                metrics::gauge!(m::JOBS_WAITING).set(stats.waiting as f64);
+                metrics::gauge!(m::USERS_WAITING).set(stats.waiting_users as f64);
+                metrics::gauge!(m::WORKER_SLOTS).set(stats.slots as f64);
             }
             if let Err(e) = self.bus.keep_alive_jobs(&self.id, &mine).await {
                 tracing::warn!(error = %e, "refreshing running jobs failed");
@@ -343,7 +354,8 @@ impl Worker {
             job.enqueued_at_ms,
             vec![("execution_id", job.execution_id.clone())],
         );
-        metrics::histogram!(m::QUERY_QUEUE_WAIT).record(waited_ms as f64 / 1000.0);
+        metrics::histogram!(m::QUERY_QUEUE_WAIT, "class" => m::user_class(delivery.user_running))
+            .record(waited_ms as f64 / 1000.0);
         let options = self.args.limits.resolve(&job.options);
         // Events continue the trace from this worker's span.
         sink.set_traceparent(telemetry::traceparent_of(

@@ -46,8 +46,10 @@ export interface QueryState {
   readonly executionId: string | undefined;
   /** 0..100, never decreasing. */
   readonly progress: number;
-  /** The server's step label (`executing`, `streaming`, …). */
+  /** The server's step label (`queued`, `executing`, `streaming`, …). */
   readonly step: string;
+  /** While queued: its place in the job queue (1: next), as its gateway last said; `null` otherwise. */
+  readonly queuePosition: number | null;
   readonly columns: readonly Column[];
   readonly rowFormat: RowFormat | undefined;
   /**
@@ -134,6 +136,7 @@ const INITIAL: QueryState = {
   executionId: undefined,
   progress: 0,
   step: 'pending',
+  queuePosition: null,
   columns: [],
   rowFormat: undefined,
   totalRows: null,
@@ -422,10 +425,24 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
     const cb = this.callbacks;
     switch (frame.type) {
       case 'query_started':
-        this.update({ status: 'running', step: 'started', startTime: frame.payload.timestamp, lastSeq: seq });
+        this.update({
+          status: 'running',
+          step: 'started',
+          queuePosition: null,
+          startTime: frame.payload.timestamp,
+          lastSeq: seq,
+        });
         cb.onStarted?.(frame.payload);
         break;
       case 'query_progress':
+        if (frame.payload.step === 'queued') {
+          // The gateway's own frame (no seq) while the job waits; never after the worker's first event.
+          if (this.current.status === 'queued' || this.current.status === 'pending') {
+            this.update({ step: 'queued', queuePosition: frame.payload.queuePosition ?? null });
+          }
+          cb.onProgress?.(frame.payload);
+          break;
+        }
         this.update({
           progress: Math.max(this.current.progress, frame.payload.progress),
           step: frame.payload.step,

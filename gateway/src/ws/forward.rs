@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic, RESYNC};
 use c2s_shared::codes::ErrorCode;
-use c2s_shared::protocol::{ErrorBody, ServerFrame, ServerMessage};
+use c2s_shared::protocol::{ErrorBody, QueryProgress, ServerFrame, ServerMessage};
 
 use super::deliver_span::{self, DeliverSpan};
 use super::follower::Follower;
@@ -50,6 +50,8 @@ pub struct Forward {
     pub budget_total: usize,
     pub resync_interval: Duration,
     pub replay_batch: usize,
+    /// How often a queued execution's place in the job queue is looked up (and sent when it changed).
+    pub queue_position_interval: Duration,
 }
 
 enum Flow {
@@ -65,6 +67,7 @@ impl Forward {
             last_sent: None,
             verify: false,
             deliver: None,
+            queued_at: None,
         }
         .run()
         .await
@@ -80,6 +83,8 @@ struct Relay {
     verify: bool,
     /// This follower's `deliver` span (an execution's, once its first event is relayed).
     deliver: Option<DeliverSpan>,
+    /// The queue position last sent (`query_progress` step `queued`).
+    queued_at: Option<u64>,
 }
 
 impl std::ops::Deref for Relay {
@@ -152,15 +157,33 @@ impl Relay {
         if let Flow::Done = self.catch_up().await? {
             return Ok(());
         }
+        let mut last_check = tokio::time::Instant::now();
         loop {
-            let received =
-                tokio::time::timeout(self.resync_interval, self.subscription.receiver.recv()).await;
+            // Before its first event an execution is queued: its place is looked up more often.
+            let queued = self.after_seq == 0 && matches!(self.topic, Topic::Execution(_));
+            let wait = if queued {
+                self.queue_position_interval.min(self.resync_interval)
+            } else {
+                self.resync_interval
+            };
+            let received = tokio::time::timeout(wait, self.subscription.receiver.recv()).await;
             let flow = match received {
+                Err(_) if queued && last_check.elapsed() < self.resync_interval => {
+                    self.report_queue_position().await?;
+                    Flow::Continue
+                }
                 // Quiet for a while: make sure nothing was lost, and that the execution still exists.
-                Err(_) => match self.catch_up().await? {
-                    Flow::Continue => self.check_exists().await?,
-                    done => done,
-                },
+                Err(_) => {
+                    last_check = tokio::time::Instant::now();
+                    match self.catch_up().await? {
+                        Flow::Continue if queued => {
+                            self.report_queue_position().await?;
+                            self.check_exists().await?
+                        }
+                        Flow::Continue => self.check_exists().await?,
+                        done => done,
+                    }
+                }
                 // The channel was resubscribed: what was published meanwhile is in the log.
                 Ok(Ok(bytes)) if bytes.as_ref() == RESYNC => {
                     self.verify = self.last_sent.is_some();
@@ -232,6 +255,29 @@ impl Relay {
                 return Ok(Flow::Continue);
             }
         }
+    }
+
+    /// Sends `query_progress` step `queued` with the execution's place in the job queue when it changed
+    /// (a frame of the gateway's own, without `seq`: the log numbers only the worker's events).
+    async fn report_queue_position(&mut self) -> Result<(), BusError> {
+        let Topic::Execution(id) = self.topic.clone() else {
+            return Ok(());
+        };
+        let position = self.bus.queue_position(&id).await?;
+        if position.is_none() || position == self.queued_at || self.after_seq > 0 {
+            return Ok(());
+        }
+        self.queued_at = position;
+        let message = ServerMessage::QueryProgress(QueryProgress {
+            execution_id: id,
+            timestamp: c2s_shared::now_ms(),
+            progress: 0,
+            step: "queued".into(),
+            rows_processed: None,
+            queue_position: position,
+        });
+        self.send_message(message).await;
+        Ok(())
     }
 
     /// An execution whose state vanished (expired, or Redis lost its data) will never send its terminal

@@ -119,11 +119,15 @@ fn upgrade_into(
             return Ok(response);
         }
         (Err(refusal), _) => refusal,
-        (Ok(_), None) => UpgradeRefusal {
-            code: ErrorCode::Unavailable,
-            message: "this node is at its connection limit; retry shortly".into(),
-            close: close::TRY_AGAIN_LATER,
-        },
+        (Ok(_), None) => {
+            metrics::counter!(c2s_shared::metrics::REFUSALS, "reason" => "node_connections")
+                .increment(1);
+            UpgradeRefusal {
+                code: ErrorCode::Unavailable,
+                message: "this node is at its connection limit; retry shortly".into(),
+                close: close::TRY_AGAIN_LATER,
+            }
+        }
     };
     actix_web::rt::spawn(async move {
         let frame = ServerFrame::new(ServerMessage::error(refused.code, refused.message, None));

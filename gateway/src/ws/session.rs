@@ -28,6 +28,7 @@ use super::follower::{Follower, Written};
 use super::forward::Forward;
 use super::Endpoint;
 use crate::auth::Identity;
+use crate::per_user::UserLease;
 use crate::state::{AppState, ConnectionSlot};
 
 /// What the streams a socket follows hand to its session task.
@@ -120,6 +121,10 @@ pub async fn run(
         streams: HashMap::new(),
         member: None,
     };
+    // The user's cap over all nodes; the lease goes back when the socket task ends.
+    let Ok(mut lease) = session.open_user_lease().await else {
+        return;
+    };
     if let Some(join) = collab {
         if let Err((refusal, close_code)) = Box::pin(session.join(join)).await {
             let _ = session.send_error(refusal, None).await;
@@ -149,6 +154,7 @@ pub async fn run(
     metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).increment(1.0);
     metrics::counter!(m::WS_CONNECTIONS_OPENED, "endpoint" => path).increment(1);
     let rate = rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst);
+    let user_rate = session.state.user_rates.bucket(&session.identity.user_id);
     let mut refused: u32 = 0;
     tracing::debug!(endpoint = endpoint.path(), "socket opened");
 
@@ -168,14 +174,13 @@ pub async fn run(
                 match frame {
                     Ok(AggregatedMessage::Text(text)) => {
                         metrics::counter!(m::WS_BYTES_IN).increment(text.len() as u64);
-                        if rate.check().is_err() {
+                        if let Some(message) = over_rate(&rate, &user_rate, &limits) {
                             metrics::counter!(m::RATE_LIMITED).increment(1);
                             refused += 1;
                             if refused > limits.rate_limit_max_refused {
                                 break Some(close_reason(close::POLICY));
                             }
-                            let e = refuse(ErrorCode::RateLimited, format!(
-                                "more than {} frames/s (burst {}): frame dropped; slow down", limits.rate_limit_per_sec, limits.rate_limit_burst));
+                            let e = refuse(ErrorCode::RateLimited, message);
                             if session.send_error(e, None).await.is_err() {
                                 break None;
                             }
@@ -268,8 +273,11 @@ pub async fn run(
                     break None;
                 }
             }
-            // Heartbeat: ping the client, close it if it has been silent too long.
+            // Heartbeat: ping the client, close it if it has been silent too long; keep the user lease.
             _ = heartbeat.tick() => {
+                if let Some(lease) = lease.as_mut() {
+                    lease.renew_if_due().await;
+                }
                 if last_heard.elapsed() > limits.client_timeout() {
                     break Some(CloseReason { code: CloseCode::Away, description: Some("idle timeout".into()) });
                 }
@@ -301,6 +309,30 @@ fn collab_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("collab", otel.name = name, trace_id = tracing::field::Empty,);
     telemetry::continue_trace(&span, traceparent);
     span
+}
+
+/// Why a client frame is refused by the socket's bucket or its user's (None: it passes). The socket's
+/// is checked first, so a socket over its own rate does not use its user's tokens up.
+fn over_rate(
+    socket: &DefaultDirectRateLimiter,
+    user: &DefaultDirectRateLimiter,
+    limits: &crate::config::WsArgs,
+) -> Option<String> {
+    if socket.check().is_err() {
+        metrics::counter!(m::REFUSALS, "reason" => "connection_rate").increment(1);
+        return Some(format!(
+            "more than {} frames/s (burst {}) on this connection: frame dropped; slow down",
+            limits.rate_limit_per_sec, limits.rate_limit_burst
+        ));
+    }
+    if user.check().is_err() {
+        metrics::counter!(m::REFUSALS, "reason" => "user_rate").increment(1);
+        return Some(format!(
+            "more than {} frames/s (burst {}) over all your connections: frame dropped; slow down",
+            limits.user_rate_limit_per_sec, limits.user_rate_limit_burst
+        ));
+    }
+    None
 }
 
 /// The per-connection token bucket (rate and burst of at least 1).
@@ -404,6 +436,39 @@ impl Session {
         }
         self.identity = fresh;
         Ok(())
+    }
+
+    /// Counts this socket against its user's connection cap (None: no cap); over it, the client gets
+    /// an `error rate_limited` and close 1013 with the reason, and Err.
+    async fn open_user_lease(&mut self) -> Result<Option<UserLease>, ()> {
+        let limits = &self.state.ws;
+        let opened = UserLease::open(
+            self.state.bus.clone(),
+            &self.identity.user_id,
+            &self.state.node_id,
+            limits.max_connections_per_user,
+            limits.connection_lease(),
+        )
+        .await;
+        let over = match opened {
+            Ok(lease) => return Ok(lease),
+            Err(over) => over,
+        };
+        metrics::counter!(m::REFUSALS, "reason" => "user_connections").increment(1);
+        let e = refuse(
+            ErrorCode::RateLimited,
+            format!(
+                "you have {} connections open already (the per-user cap): close one, then retry",
+                over.max
+            ),
+        );
+        let _ = self.send_error(e, None).await;
+        let reason = CloseReason {
+            code: CloseCode::from(close::TRY_AGAIN_LATER),
+            description: Some("too many connections for this user".into()),
+        };
+        let _ = self.ws.clone().close(Some(reason)).await;
+        Err(())
     }
 
     fn node_status(&self) -> ServerMessage {
@@ -592,12 +657,15 @@ impl Session {
                     metrics::counter!(m::QUERIES_ENQUEUED).increment(1);
                     Ok(())
                 }
-                Ok(false) => Err(refuse(
-                    ErrorCode::RateLimited,
-                    format!(
+                Ok(false) => {
+                    metrics::counter!(m::REFUSALS, "reason" => "user_queries").increment(1);
+                    Err(refuse(
+                        ErrorCode::RateLimited,
+                        format!(
                         "you already have {max_per_user} queries running; wait for one to finish"
                     ),
-                )),
+                    ))
+                }
                 Err(e) => Err(unavailable(e)),
             },
             Err(e) => Err(e),
@@ -734,6 +802,7 @@ impl Session {
             budget_total: self.state.ws.outbound_queue_bytes.max(1),
             resync_interval: self.state.ws.resync_interval(),
             replay_batch: self.state.ws.replay_batch.max(1),
+            queue_position_interval: self.state.ws.queue_position_interval(),
         };
         let task = actix_web::rt::spawn(forward.run());
         self.streams.insert(topic, task);

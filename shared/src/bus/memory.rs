@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use tokio::sync::Notify;
 
+use super::fair::FairQueue;
 use super::hub::{ChannelKind, Hub, Local, Subscription};
 use super::{
     topic_fanout, with_seq, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery,
-    ExecutionInfo, Followers, Job, JoinOutcome, JoinRequest, SessionSnapshot, TakeOver, Topic,
-    UpdateOutcome, VERSION_PLACEHOLDER,
+    ExecutionInfo, Followers, Job, JoinOutcome, JoinRequest, QueueStats, SessionSnapshot, TakeOver,
+    Taker, Topic, UpdateOutcome, VERSION_PLACEHOLDER,
 };
 use crate::keys::Keys;
 
@@ -54,6 +55,12 @@ struct State {
     sessions: HashMap<String, Session>,
     idempotency: HashMap<(String, String), (String, Instant)>,
     next_delivery: u64,
+    /// The job queue, scheduled fairly between users.
+    jobs: FairQueue,
+    /// Slots of the (one) worker, as it last said.
+    slots: usize,
+    /// User -> socket -> lease deadline (the per-user connection cap).
+    connections: HashMap<String, HashMap<String, Instant>>,
 }
 
 pub struct MemoryBus {
@@ -61,21 +68,19 @@ pub struct MemoryBus {
     keys: Keys,
     hub: Hub,
     state: Mutex<State>,
-    jobs_tx: mpsc::UnboundedSender<Delivery>,
-    jobs_rx: AsyncMutex<mpsc::UnboundedReceiver<Delivery>>,
+    /// Wakes a worker waiting for a job (an enqueue, a slot freed).
+    wake: Notify,
 }
 
 impl MemoryBus {
     /// Must be called inside a tokio runtime (the hub spawns its control task).
     pub fn new(settings: BusSettings) -> MemoryBus {
-        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         MemoryBus {
             keys: Keys::new(settings.key_prefix.clone()),
             hub: Hub::new(Local, settings.fanout_capacity),
             settings,
             state: Mutex::default(),
-            jobs_tx,
-            jobs_rx: AsyncMutex::new(jobs_rx),
+            wake: Notify::new(),
         }
     }
 
@@ -130,7 +135,7 @@ impl Bus for MemoryBus {
 
     async fn enqueue(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
         let lease = self.settings.user_lease;
-        let delivery = {
+        {
             let mut state = self.state();
             self.expire(&mut state);
             let running = state.running_by_user.entry(job.owner.clone()).or_default();
@@ -153,12 +158,14 @@ impl Bus for MemoryBus {
                 },
             );
             state.next_delivery += 1;
-            Delivery {
+            let delivery = Delivery {
                 delivery_id: state.next_delivery.to_string(),
                 job: job.clone(),
-            }
+                user_running: 0,
+            };
+            state.jobs.push(delivery);
         };
-        self.jobs_tx.send(delivery).map_err(|_| BusError::Closed)?;
+        self.wake.notify_one();
         Ok(true)
     }
 
@@ -258,18 +265,67 @@ impl Bus for MemoryBus {
 
     async fn next_job(
         &self,
-        _consumer: &str,
+        taker: &Taker<'_>,
         block: Duration,
     ) -> Result<Option<Delivery>, BusError> {
-        let mut rx = self.jobs_rx.lock().await;
-        match tokio::time::timeout(block, rx.recv()).await {
-            Ok(Some(d)) => Ok(Some(d)),
-            Ok(None) => Err(BusError::Closed),
-            Err(_) => Ok(None),
+        let take = || {
+            let mut state = self.state();
+            state.slots = taker.concurrency.max(1);
+            let slots = state.slots;
+            state.jobs.take(slots, taker.fairness)
+        };
+        // Armed before looking, so a wake-up between the look and the wait is not missed.
+        let notified = self.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(delivery) = take() {
+            return Ok(Some(delivery));
         }
+        let _ = tokio::time::timeout(block, notified).await;
+        Ok(take())
     }
 
-    async fn ack_job(&self, _delivery: &Delivery) -> Result<(), BusError> {
+    async fn ack_job(&self, delivery: &Delivery) -> Result<(), BusError> {
+        self.state().jobs.ack(&delivery.delivery_id);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn queue_position(&self, execution_id: &str) -> Result<Option<u64>, BusError> {
+        Ok(self.state().jobs.position(execution_id))
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>, BusError> {
+        let state = self.state();
+        Ok(Some(state.jobs.stats(state.slots)))
+    }
+
+    async fn open_connection(
+        &self,
+        user: &str,
+        socket: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<bool, BusError> {
+        let mut state = self.state();
+        let now = Instant::now();
+        let sockets = state.connections.entry(user.to_owned()).or_default();
+        sockets.retain(|_, until| *until > now);
+        if !sockets.contains_key(socket) && sockets.len() >= max {
+            return Ok(false);
+        }
+        sockets.insert(socket.to_owned(), now + lease);
+        Ok(true)
+    }
+
+    async fn close_connection(&self, user: &str, socket: &str) -> Result<(), BusError> {
+        let mut state = self.state();
+        if let Some(sockets) = state.connections.get_mut(user) {
+            sockets.remove(socket);
+            if sockets.is_empty() {
+                state.connections.remove(user);
+            }
+        }
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! Both feed live events through the same [`hub::Hub`], which keeps one subscription per channel per node
 //! and fans out to every local subscriber.
 
+pub mod fair;
 pub mod hub;
 mod memory;
 mod redis_bus;
@@ -59,6 +60,51 @@ pub struct Delivery {
     /// Redis stream entry id (or a local counter in the memory bus).
     pub delivery_id: String,
     pub job: Job,
+    /// Jobs of its owner running when it was taken (0: a light user; the queue-wait metric's class).
+    pub user_running: u32,
+}
+
+/// How the fair scheduler shares the workers' slots between users (`C2S_USER_SLOT_SHARE`,
+/// `C2S_RESERVED_SLOTS`; see `redis_bus/jobs.rs` and `fair.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fairness {
+    /// While another user has jobs waiting, a user holding this share of all slots (at least one slot)
+    /// is passed over.
+    pub share: f64,
+    /// Free slots a user that already runs a job may not take: kept for a user with nothing running.
+    pub reserved: usize,
+}
+
+impl Default for Fairness {
+    fn default() -> Self {
+        Fairness {
+            share: 0.5,
+            reserved: 0,
+        }
+    }
+}
+
+/// A worker asking for its next job.
+#[derive(Debug, Clone)]
+pub struct Taker<'a> {
+    pub consumer: &'a str,
+    /// Its slots (`C2S_CONCURRENCY`), counted in the total of every worker seen within `live_for`.
+    pub concurrency: usize,
+    pub live_for: Duration,
+    pub fairness: Fairness,
+}
+
+/// The job queue as a whole (metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Jobs waiting for a slot.
+    pub waiting: u64,
+    /// Users with jobs waiting.
+    pub waiting_users: u64,
+    /// Jobs taken by a worker and not yet acknowledged.
+    pub running: u64,
+    /// Slots of the workers seen lately.
+    pub slots: u64,
 }
 
 /// One event of an execution: its `seq`, whether it ends the stream, and the encoded frame (shared bytes).
@@ -341,9 +387,22 @@ pub trait Bus: Send + Sync + 'static {
 
     // ---- worker side ------------------------------------------------------------------------------------
 
-    /// Waits up to `block` for a job for consumer `consumer`.
-    async fn next_job(&self, consumer: &str, block: Duration)
-        -> Result<Option<Delivery>, BusError>;
+    /// Waits up to `block` for a job the fair scheduler gives this worker (which has a free slot).
+    async fn next_job(
+        &self,
+        taker: &Taker<'_>,
+        block: Duration,
+    ) -> Result<Option<Delivery>, BusError>;
+
+    /// Where a queued execution's job stands in the fair order (1: next), None if it is not waiting.
+    async fn queue_position(&self, _execution_id: &str) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
+
+    /// Waiting and running jobs, users waiting, and slots, if the bus can tell.
+    async fn queue_stats(&self) -> Result<Option<QueueStats>, BusError> {
+        Ok(None)
+    }
 
     async fn ack_job(&self, delivery: &Delivery) -> Result<(), BusError>;
 
@@ -452,6 +511,21 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Appends any other session event (`shared_execution`).
     async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError>;
+
+    // ---- the per-user connection cap ---------------------------------------------------------------
+
+    /// Takes (or renews) a connection slot of `user` for socket `socket` (unique over all nodes), for
+    /// `lease`, unless the user has `max` live ones; true if the socket may stay.
+    async fn open_connection(
+        &self,
+        user: &str,
+        socket: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<bool, BusError>;
+
+    /// Gives the slot back (the socket closed).
+    async fn close_connection(&self, user: &str, socket: &str) -> Result<(), BusError>;
 
     // ---- operator notices -----------------------------------------------------------------------------------
 

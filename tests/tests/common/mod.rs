@@ -1168,6 +1168,11 @@ impl Cluster {
         if !self.embedded && !args.iter().any(|a| a.starts_with("--jwt-")) {
             args.push("--insecure-no-auth".into());
         }
+        // Most tests open all their sockets as one development user (`anonymous`) and kill nodes under
+        // them; the per-user connection cap is off unless a test sets it (tests/tests/fairness.rs does).
+        if !args.iter().any(|a| a == "--max-connections-per-user") {
+            args.extend(["--max-connections-per-user".into(), "0".into()]);
+        }
         (name, args)
     }
 
@@ -1434,6 +1439,14 @@ pub struct Client {
     pub timeout: Duration,
     /// Every frame received so far (validated), in order.
     pub received: usize,
+    /// `query_progress` step `queued` frames (the gateway's, without `seq`), set apart from the
+    /// numbered stream the other helpers check (tests/tests/fairness.rs reads them).
+    pub queue_positions: Vec<Value>,
+}
+
+/// A queued job's place, sent by its gateway outside the execution's numbered stream.
+pub fn is_queue_position(f: &Value) -> bool {
+    ty(f) == "query_progress" && f.get("seq").is_none() && f["payload"]["step"] == "queued"
 }
 
 pub fn execute_query_frame(query: &str, options: Option<Value>, id: Option<&str>) -> Value {
@@ -1474,6 +1487,7 @@ impl Client {
             closed: false,
             timeout: DEFAULT_TIMEOUT,
             received: 0,
+            queue_positions: Vec::new(),
         }
     }
 
@@ -1545,6 +1559,10 @@ impl Client {
                 });
                 if let Some(val) = &self.validator {
                     val.assert_valid(&v);
+                }
+                if is_queue_position(&v) {
+                    self.queue_positions.push(v);
+                    return None;
                 }
                 self.received += 1;
                 self.recent.push_back(short(&v));

@@ -514,10 +514,15 @@ export interface QueryProgress {
    */
   progress: number;
   /**
-   * Human label: `executing`, `streaming`, …
+   * Human label: `queued`, `executing`, `streaming`, …
    */
   step: string;
   rowsProcessed?: number | null;
+  /**
+   * With step `queued` (sent by the gateway, without `seq`, while the job waits for a worker): its
+   * place in the fair order of the job queue, 1 being next, if nothing finishes meanwhile.
+   */
+  queuePosition?: number | null;
 }
 export interface DataStreamStart {
   executionId: string;

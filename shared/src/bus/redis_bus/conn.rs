@@ -5,8 +5,9 @@
 //!   routes EVALSHA by its first key). Both fail fast (bounded retries and timeouts): callers answer
 //!   `unavailable` or retry themselves.
 //! - [`Endpoints`]: the seed URLs and the mode, from `--redis-url` / `--redis-cluster`.
-//! - Blocking reads (`XREADGROUP BLOCK`) get a connection of their own from [`Endpoints::blocking`]: on a
-//!   shared multiplexed connection every other command would queue behind them.
+//! - Blocking reads (the idle workers' `BLPOP` on the job queue's wake-up list) get a connection of
+//!   their own from [`Endpoints::blocking`]: on a shared multiplexed connection every other command
+//!   would queue behind them.
 //!
 //! No subscription ever goes through these connections (see `sharded.rs` and `classic.rs`): redis-rs's
 //! cluster connection would take an unsolicited `sunsubscribe` for the reply of the next command.

@@ -4,7 +4,7 @@
 //! **Enqueue** spans three slots (user, execution, job queue), so it is four steps, each atomic:
 //! 1. `lease_acquire` (user slot): one of the owner's concurrent-query slots, with a lease deadline;
 //! 2. `exec_create` (execution slot): state `pending`, stamped with the server's time;
-//! 3. `XADD` of the job (queue slot), then `WAIT` for replicas when configured;
+//! 3. `job_enqueue` (queue slot, `jobs.rs`), then `WAIT` for replicas when configured;
 //! 4. `exec_enqueued` (execution slot): `pending` -> `queued`, recording the job's entry id.
 //!
 //! The client's `ack` is sent only after step 4. A crash (or an error) between two steps leaves:
@@ -75,7 +75,6 @@ impl RedisBus {
     }
 
     async fn enqueue_after_lease(&self, job: &Job) -> Result<(), BusError> {
-        let body = serde_json::to_string(job).map_err(|e| BusError::Malformed(e.to_string()))?;
         let mut conn = self.conn.clone();
         let state_key = self.keys.execution(&job.execution_id);
         let created: i64 = self
@@ -93,11 +92,7 @@ impl RedisBus {
                 job.execution_id
             )));
         }
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(self.keys.jobs()).arg("*").arg("job").arg(body);
-        let (job_id, _) = self
-            .write_and_wait::<String>(xadd, &self.keys.jobs())
-            .await?;
+        let job_id = self.push_job(job).await?;
         let before: String = self
             .scripts
             .exec_enqueued
@@ -117,7 +112,7 @@ impl RedisBus {
     /// Runs a write to `key`'s slot, then (when configured, see `replicas.rs`) `WAIT`s for replicas in
     /// the same round trip, on the same node. A shortfall does not fail the write: its master has it (a
     /// failover meanwhile is detected by the checks described above).
-    async fn write_and_wait<T: redis::FromRedisValue>(
+    pub(super) async fn write_and_wait<T: redis::FromRedisValue>(
         &self,
         write: redis::Cmd,
         key: &str,

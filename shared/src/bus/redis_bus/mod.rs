@@ -2,7 +2,8 @@
 //!
 //! - Keys (`keys.rs`): every key and live channel of an execution, a session or a user shares one hash
 //!   tag, so each entity lives in one slot; each Lua script (`scripts.rs`, `../lua/`) touches one slot.
-//! - Jobs (`jobs.rs`): one stream with a consumer group; blocking reads on a connection of their own.
+//! - Jobs (`jobs.rs`): scheduled fairly between users by scripts on the `{jobs}` slot; idle workers
+//!   block on a wake-up list on a connection of their own.
 //! - Executions (`executions.rs`): a state hash moved through `pending -> queued -> running -> done` (or
 //!   `cancelled`/`lost`) by scripts; events appended to a capped per-execution stream (entry id `<seq>-0`,
 //!   what `resume` replays) and published on the execution's sharded channel by the same script; the
@@ -33,7 +34,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::hub::{ChannelKind, Hub, Subscription};
 use super::{
     topic_fanout, Bus, BusError, BusEvent, BusSettings, CancelOutcome, Delivery, ExecutionInfo,
-    Followers, Job, JoinOutcome, JoinRequest, TakeOver, Topic, UpdateOutcome,
+    Followers, Job, JoinOutcome, JoinRequest, QueueStats, TakeOver, Taker, Topic, UpdateOutcome,
 };
 use crate::keys::Keys;
 use classic::{RedisUpstream, SharedSink};
@@ -47,7 +48,8 @@ pub struct RedisBus {
     settings: BusSettings,
     keys: Keys,
     conn: Conn,
-    /// A connection of its own for `XREADGROUP BLOCK`, which would stall a shared multiplexed connection.
+    /// A connection of its own for the idle workers' `BLPOP`, which would stall a shared multiplexed
+    /// connection.
     blocking: AsyncMutex<Option<Conn>>,
     hub: Hub,
     /// The classic pub/sub sink, None while reconnecting (readiness looks at it).
@@ -58,7 +60,7 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Connects (commands, classic and sharded pub/sub) and makes sure the worker group exists. `url` is
+    /// Connects (commands, classic and sharded pub/sub). `url` is
     /// one Redis URL or, with `cluster`, a comma-separated list of seed nodes.
     pub async fn connect(
         url: &str,
@@ -105,7 +107,6 @@ impl RedisBus {
             sharded,
             scripts: Scripts::load(),
         };
-        bus.ensure_group().await?;
         tracing::info!(mode = %bus.endpoints.describe(), "bus: Redis ready");
         Ok(Arc::new(bus))
     }
@@ -245,10 +246,48 @@ impl Bus for RedisBus {
 
     async fn next_job(
         &self,
-        consumer: &str,
+        taker: &Taker<'_>,
         block: Duration,
     ) -> Result<Option<Delivery>, BusError> {
-        RedisBus::next_job(self, consumer, block).await
+        RedisBus::next_job(self, taker, block).await
+    }
+
+    async fn queue_position(&self, execution_id: &str) -> Result<Option<u64>, BusError> {
+        RedisBus::queue_position(self, execution_id).await
+    }
+
+    async fn queue_stats(&self) -> Result<Option<QueueStats>, BusError> {
+        RedisBus::queue_stats(self).await
+    }
+
+    async fn open_connection(
+        &self,
+        user: &str,
+        socket: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let open: i64 = self
+            .scripts
+            .conn_acquire
+            .key(self.keys.user_connections(user))
+            .arg(socket)
+            .arg(max)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(open == 1)
+    }
+
+    async fn close_connection(&self, user: &str, socket: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.user_connections(user))
+            .arg(socket)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
     }
 
     async fn ack_job(&self, delivery: &Delivery) -> Result<(), BusError> {

@@ -8,6 +8,11 @@
 
 use redis::Script;
 
+/// The job scripts share `jobs_lib.lua` (functions, no KEYS of their own), prepended to each.
+fn job_script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("../lua/jobs_lib.lua")))
+}
+
 /// The session scripts share `session_lib.lua` (a function, no KEYS of its own), prepended to each.
 fn session_script(body: &str) -> Script {
     Script::new(&format!(
@@ -33,6 +38,13 @@ pub(super) struct Scripts {
     pub session_cursor: Script,
     pub session_chat: Script,
     pub session_append: Script,
+    pub job_enqueue: Script,
+    pub job_take: Script,
+    pub job_ack: Script,
+    pub job_reclaim: Script,
+    pub job_keep_alive: Script,
+    pub job_position: Script,
+    pub conn_acquire: Script,
 }
 
 impl Scripts {
@@ -54,6 +66,13 @@ impl Scripts {
             session_cursor: session_script(include_str!("../lua/session_cursor.lua")),
             session_chat: session_script(include_str!("../lua/session_chat.lua")),
             session_append: session_script(include_str!("../lua/session_append.lua")),
+            job_enqueue: Script::new(include_str!("../lua/job_enqueue.lua")),
+            job_take: job_script(include_str!("../lua/job_take.lua")),
+            job_ack: job_script(include_str!("../lua/job_ack.lua")),
+            job_reclaim: job_script(include_str!("../lua/job_reclaim.lua")),
+            job_keep_alive: job_script(include_str!("../lua/job_keep_alive.lua")),
+            job_position: Script::new(include_str!("../lua/job_position.lua")),
+            conn_acquire: Script::new(include_str!("../lua/conn_acquire.lua")),
         }
     }
 }
@@ -80,6 +99,13 @@ mod tests {
             include_str!("../lua/session_cursor.lua"),
             include_str!("../lua/session_chat.lua"),
             include_str!("../lua/session_append.lua"),
+            include_str!("../lua/job_enqueue.lua"),
+            include_str!("../lua/job_take.lua"),
+            include_str!("../lua/job_ack.lua"),
+            include_str!("../lua/job_reclaim.lua"),
+            include_str!("../lua/job_keep_alive.lua"),
+            include_str!("../lua/job_position.lua"),
+            include_str!("../lua/conn_acquire.lua"),
         ];
         for file in files {
             let code: Vec<&str> = file
