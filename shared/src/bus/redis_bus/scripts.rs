@@ -33,6 +33,8 @@ pub(super) struct Scripts {
     pub session_cursor: Script,
     pub session_chat: Script,
     pub session_append: Script,
+    pub node_beat: Script,
+    pub nodes_dead: Script,
 }
 
 impl Scripts {
@@ -54,6 +56,8 @@ impl Scripts {
             session_cursor: session_script(include_str!("../lua/session_cursor.lua")),
             session_chat: session_script(include_str!("../lua/session_chat.lua")),
             session_append: session_script(include_str!("../lua/session_append.lua")),
+            node_beat: Script::new(include_str!("../lua/node_beat.lua")),
+            nodes_dead: Script::new(include_str!("../lua/nodes_dead.lua")),
         }
     }
 }
