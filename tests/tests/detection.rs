@@ -223,6 +223,7 @@ async fn a_gateway_stopped_cleanly_leaves_the_node_set_at_once() {
         "scenario check: the node beats"
     );
 
+    let victim = alice.participant_id.clone();
     let stopped = Instant::now();
     cluster.gateways[0].terminate();
     bob.wait_for(
@@ -254,14 +255,10 @@ async fn a_gateway_stopped_cleanly_leaves_the_node_set_at_once() {
     );
     bob.settle(Duration::from_secs(3)).await;
     assert_eq!(
-        lefts_of(
-            &bob,
-            &left[0]["payload"]["participantId"]
-                .as_str()
-                .unwrap_or_default()
-        )
-        .len(),
-        1
+        lefts_of(&bob, &victim).len(),
+        1,
+        "exactly one participant_left: {}",
+        describe(&bob.events)
     );
     eprintln!("detection: participant_left (closed) {left_after:?} after SIGTERM of a gateway");
 }
