@@ -85,15 +85,35 @@ pub async fn reap_previous_incarnation(bus: &dyn Bus, node_id: &str) {
     }
 }
 
+/// Leaves in flight at once while reaping a node: a node of 5000 participants is reaped in about a
+/// second, not one round trip after the other (the detection-time budget is a few seconds).
+const REAP_CONCURRENCY: usize = 64;
+
 /// Announces every participant registered under `node_id` as left (`reason`); returns how many.
 async fn reap_participants(bus: &dyn Bus, node_id: &str, reason: &str) -> Result<usize, BusError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
     let participants = bus.node_participants(node_id).await?;
-    for (session_id, participant_id) in &participants {
-        let left = participant_left_frame(session_id, participant_id, reason);
-        bus.session_leave(session_id, participant_id, node_id, &left)
-            .await?;
-    }
+    let leaves: Vec<_> = participants
+        .iter()
+        .map(|(session, participant)| leave(bus, node_id, session, participant, reason))
+        .collect();
+    stream::iter(leaves)
+        .buffer_unordered(REAP_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(participants.len())
+}
+
+async fn leave(
+    bus: &dyn Bus,
+    node_id: &str,
+    session_id: &str,
+    participant_id: &str,
+    reason: &str,
+) -> Result<Option<u64>, BusError> {
+    let left = participant_left_frame(session_id, participant_id, reason);
+    bus.session_leave(session_id, participant_id, node_id, &left)
+        .await
 }
 
 async fn reap_dead(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<(), BusError> {
