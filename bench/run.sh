@@ -37,7 +37,7 @@ READER_URL=postgres://chat2sql_reader:chat2sql-reader-demo@127.0.0.1:5432/c2s_be
 gateway() { # gateway <port> <name> [args…]: starts a gateway, prints its pid
   local port=$1 name=$2; shift 2
   "$BIN/gateway" --bind "127.0.0.1:$port" --node-id "$name" --redis-url "$REDIS" --key-prefix "$PREFIX" \
-    --insecure-no-auth --max-connections 60000 --max-participants 500 "$@" >"$LOGS/$name.log" 2>&1 &
+    --insecure-no-auth --max-connections 60000 "$@" >"$LOGS/$name.log" 2>&1 &
   echo $!
 }
 wait_port() { for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return; sleep 0.1; done; exit 1; }

@@ -229,22 +229,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         backend.bus.as_ref(),
         &node_id,
     ));
-    {
+    let presence = {
         let _guard = bus_runtime.enter();
         crate::presence::spawn(
             backend.bus.clone(),
             node_id.clone(),
-            Duration::from_millis(cli.collab.presence_heartbeat_ms.max(10)),
-            Duration::from_millis(cli.collab.presence_ttl_ms.max(10)),
-        );
-    }
+            crate::presence::Timings {
+                heartbeat: Duration::from_millis(cli.collab.presence_heartbeat_ms.max(10)),
+                ttl: Duration::from_millis(cli.collab.presence_ttl_ms.max(10)),
+                reap: Duration::from_millis(cli.collab.presence_reap_ms.max(10)),
+            },
+        )
+    };
     let served = actix_web::rt::System::new().block_on(async {
-        let app = Application::build(&cli, &backend, node_id, metrics, auth)?;
+        let app = Application::build(&cli, &backend, node_id.clone(), metrics, auth)?;
         // The one line on stdout: tools and tests wait for it to learn the port.
         println!("LISTENING {}", app.addr());
         tracing::info!(addr = %app.addr(), embedded = backend.embedded, "gateway listening");
         app.run_until_stopped().await?;
         anyhow::Ok(())
+    });
+    bus_runtime.block_on(async {
+        // The beat stopped for good (awaited) before the node leaves the node set.
+        for task in presence {
+            task.abort();
+            let _ = task.await;
+        }
+        crate::presence::announce_shutdown(backend.bus.as_ref(), &node_id).await;
     });
     backend.shutdown();
     bus_runtime.shutdown_timeout(Duration::from_secs(2));

@@ -211,13 +211,20 @@ pub struct CollabArgs {
     #[arg(long, env = "C2S_CURSOR_INTERVAL_MS", default_value_t = 50)]
     pub cursor_interval_ms: u64,
 
-    /// A gateway silent for this long (ms) is presumed dead and its participants leave (`node_lost`).
-    #[arg(long, env = "C2S_PRESENCE_TTL_MS", default_value_t = 10_000)]
+    /// A gateway silent for this long (ms, by the Redis clock) is presumed dead and its participants
+    /// leave (`node_lost`). Keep it at least 3 heartbeats; raise it on a slow or lossy network to Redis
+    /// (a live node silent this long is reaped: a false `node_lost`, its clients rejoin).
+    #[arg(long, env = "C2S_PRESENCE_TTL_MS", default_value_t = 2_000)]
     pub presence_ttl_ms: u64,
 
-    /// How often (ms) a gateway marks itself alive and looks for dead ones.
-    #[arg(long, env = "C2S_PRESENCE_HEARTBEAT_MS", default_value_t = 2_000)]
+    /// How often (ms) a gateway marks itself alive.
+    #[arg(long, env = "C2S_PRESENCE_HEARTBEAT_MS", default_value_t = 500)]
     pub presence_heartbeat_ms: u64,
+
+    /// How often (ms) a gateway looks for dead ones (a dead node's participants leave within
+    /// `C2S_PRESENCE_TTL_MS` plus this).
+    #[arg(long, env = "C2S_PRESENCE_REAP_MS", default_value_t = 250)]
+    pub presence_reap_ms: u64,
 
     /// Participants one session may have at once.
     #[arg(long, env = "C2S_MAX_PARTICIPANTS", default_value_t = 200)]

@@ -1,6 +1,7 @@
 //! The `failover` scenario: `--clients` collaboration participants on gateway A (spread over `--sessions`
 //! sessions), chat traffic sent from gateway B, then SIGKILL of A (`--kill-pid`). Every participant of A
-//! reconnects to B with `?afterSeq=<last seq it saw>`; the scenario measures, from the kill, when each one
+//! reconnects to B with `?afterSeq=<last seq it saw>&participantId=<its id>` (taking over its entry at
+//! once); the scenario measures, from the kill, when each one
 //! has its `session_state` again (resumed), and checks no session event was lost or duplicated: every
 //! participant's seq runs on without a gap across the reconnect and it received every chat message sent
 //! in its session.
@@ -43,16 +44,21 @@ struct Outcome {
     error: Option<String>,
 }
 
-/// Reads until `session_state`; returns its snapshot seq. Events before it are not expected.
-async fn await_session_state(ws: &mut Ws) -> anyhow::Result<u64> {
+/// Reads until `session_state`; returns its snapshot seq and the participant id. Events before it are
+/// not expected.
+async fn await_session_state(ws: &mut Ws) -> anyhow::Result<(u64, String)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => {
                 let v: Value = serde_json::from_str(&t)?;
                 if v["type"] == "session_state" {
-                    return v["payload"]["snapshotSeq"]
+                    let seq = v["payload"]["snapshotSeq"]
                         .as_u64()
-                        .context("session_state without snapshotSeq");
+                        .context("session_state without snapshotSeq")?;
+                    let id = v["payload"]["participantId"]
+                        .as_str()
+                        .context("session_state without participantId")?;
+                    return Ok((seq, id.to_owned()));
                 }
                 if v["type"] == "error" {
                     bail!("join refused: {t}");
@@ -64,13 +70,16 @@ async fn await_session_state(ws: &mut Ws) -> anyhow::Result<u64> {
     }
 }
 
-fn session_url(base: &str, session: &str, user: &str, after_seq: Option<u64>) -> String {
+/// A rejoin passes `afterSeq` and its previous participant id (taken over at once, not left as a ghost
+/// until the dead node is reaped).
+fn session_url(base: &str, session: &str, user: &str, rejoin: Option<(u64, &str)>) -> String {
     let mut url = format!(
         "{}/ws/collaboration/{session}?user={user}",
         base.trim_end_matches('/')
     );
-    if let Some(s) = after_seq {
-        url.push_str(&format!("&afterSeq={s}"));
+    if let Some((s, participant)) = rejoin {
+        let participant = participant.replace('#', "%23");
+        url.push_str(&format!("&afterSeq={s}&participantId={participant}"));
     }
     url
 }
@@ -101,9 +110,9 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         let source = source_address(i, o.source_addresses);
         joins.push(tokio::spawn(async move {
             let mut ws = connect_from(&url, a, source).await?;
-            let seq = await_session_state(&mut ws).await?;
+            let (seq, participant) = await_session_state(&mut ws).await?;
             drop(permit);
-            anyhow::Ok((session, user, ws, seq))
+            anyhow::Ok((session, user, ws, seq, participant))
         }));
     }
     let mut participants = Vec::with_capacity(o.clients);
@@ -118,7 +127,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
 
     // Followers: read, check seq, count chats; on the cut, rejoin B after the last seq seen.
     let mut followers = Vec::with_capacity(participants.len());
-    for (i, (session, user, ws, seq)) in participants.into_iter().enumerate() {
+    for (i, (session, user, ws, seq, participant)) in participants.into_iter().enumerate() {
         let (to, mut killed, mut stop) =
             (o.to.clone(), killed_rx.clone(), followers_stopped.clone());
         let source = source_address(i, o.source_addresses);
@@ -138,7 +147,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                             break;
                         }
                         // Cut by the kill: rejoin on B after the last event seen.
-                        let url = session_url(&to, &session, &user, Some(last));
+                        let url = session_url(&to, &session, &user, Some((last, &participant)));
                         let rejoined = async {
                             let mut ws = connect_from(&url, b, source).await?;
                             await_session_state(&mut ws).await?;

@@ -140,7 +140,7 @@ impl Keys {
         format!("{}:notices", self.prefix)
     }
 
-    /// Sorted set of gateway nodes, scored by their last presence heartbeat (ms).
+    /// Sorted set of gateway nodes, scored by their last presence heartbeat (Redis server time, ms).
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }

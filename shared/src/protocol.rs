@@ -527,7 +527,8 @@ pub struct ParticipantJoined {
 pub struct ParticipantLeft {
     pub session_id: String,
     pub participant_id: String,
-    /// `closed` (the socket closed) or `node_lost` (its gateway stopped answering and its presence expired).
+    /// `closed` (the socket closed), `node_lost` (its gateway stopped answering and its presence expired)
+    /// or `replaced` (the same user rejoined presenting this `participantId`, and took its place).
     pub reason: String,
     pub timestamp: i64,
 }

@@ -146,9 +146,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "C2S_JOB_POLL_MS", default_value_t = 2_000)]
     pub job_poll_ms: u64,
 
-    /// A job pending this long (ms) on a worker that stopped refreshing it is presumed orphaned (its worker
-    /// died) and reclaimed by another worker. Running jobs are refreshed every third of it.
-    #[arg(long, env = "C2S_JOB_CLAIM_IDLE_MS", default_value_t = 15_000)]
+    /// The lease of a job (ms): a job whose worker has not renewed it for this long is presumed orphaned
+    /// (its worker died) and reclaimed by another worker: ended with `worker_lost` if it was running,
+    /// run if it never started. Lower detects a dead worker sooner; higher tolerates longer stalls
+    /// between a live worker and Redis (a stall longer than this ends its running queries).
+    #[arg(long, env = "C2S_JOB_CLAIM_IDLE_MS", default_value_t = 3_000)]
     pub job_claim_idle_ms: u64,
 
     /// Fair share: while other users have jobs waiting, a user whose jobs hold this share of all
@@ -162,6 +164,16 @@ pub struct WorkerArgs {
     /// instead of when some running query ends. 0: a user alone gets every slot.
     #[arg(long, env = "C2S_RESERVED_SLOTS", default_value_t = 0)]
     pub reserved_slots: usize,
+
+    /// How often (ms) a worker renews the leases of the jobs it runs, on a task of its own (off the
+    /// query path). Keep it at most a third of `C2S_JOB_CLAIM_IDLE_MS`.
+    #[arg(long, env = "C2S_JOB_LEASE_RENEW_MS", default_value_t = 1_000)]
+    pub job_lease_renew_ms: u64,
+
+    /// How often (ms) a worker looks for expired leases of other workers' jobs (the time from a lease's
+    /// expiry to its job being taken over is at most this).
+    #[arg(long, env = "C2S_JOB_RECLAIM_INTERVAL_MS", default_value_t = 500)]
+    pub job_reclaim_interval_ms: u64,
 
     /// On shutdown, how long (ms) running queries may take to finish before the worker exits anyway.
     #[arg(long, env = "C2S_WORKER_GRACE_MS", default_value_t = 10_000)]

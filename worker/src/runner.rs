@@ -95,6 +95,7 @@ impl Worker {
         let poll = Duration::from_millis(this.args.job_poll_ms.max(10));
         let mut retry = RETRY_MIN;
         let janitor = tokio::spawn(this.clone().janitor());
+        let renewer = tokio::spawn(this.clone().renew_leases());
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -144,14 +145,16 @@ impl Worker {
         {
             tracing::warn!("shutdown grace period over with queries still running");
         }
+        renewer.abort();
     }
 
-    /// Keeps this worker's running jobs fresh in the group, and takes over the jobs of dead workers:
-    /// one that never started is run; one that was running ends with `query_error` `worker_lost`
-    /// (re-running it could deliver rows twice; the client decides whether to run it again).
-    async fn janitor(self: Arc<Self>) {
-        let idle = Duration::from_millis(self.args.job_claim_idle_ms.max(30));
-        let mut tick = tokio::time::interval(idle / 3);
+    /// Renews the lease of every job this worker runs, every `C2S_JOB_LEASE_RENEW_MS`, on a task of its
+    /// own: a query saturating its task (encoding, a slow database) never delays it. One command for
+    /// all of them (`job_keep_alive.lua` in the `{jobs}` slot, also on a cluster).
+    async fn renew_leases(self: Arc<Self>) {
+        let every = Duration::from_millis(self.args.job_lease_renew_ms.max(10));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let mine: Vec<String> = self
@@ -161,6 +164,22 @@ impl Worker {
                 .values()
                 .map(|(_, delivery_id)| delivery_id.clone())
                 .collect();
+            if let Err(e) = self.bus.keep_alive_jobs(&self.id, &mine).await {
+                tracing::warn!(error = %e, "renewing the leases of running jobs failed");
+            }
+        }
+    }
+
+    /// Takes over the jobs of dead workers (their lease expired), every `C2S_JOB_RECLAIM_INTERVAL_MS`:
+    /// one that never started is run; one that was running ends with `query_error` `worker_lost`
+    /// (re-running it could deliver rows twice; the client decides whether to run it again).
+    async fn janitor(self: Arc<Self>) {
+        let idle = Duration::from_millis(self.args.job_claim_idle_ms.max(30));
+        let every = Duration::from_millis(self.args.job_reclaim_interval_ms.max(10));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
             if let Ok(Some(depth)) = self.bus.queue_depth().await {
                 metrics::gauge!(m::JOB_QUEUE_DEPTH).set(depth as f64);
             }
@@ -168,9 +187,6 @@ impl Worker {
                 metrics::gauge!(m::JOBS_WAITING).set(stats.waiting as f64);
                 metrics::gauge!(m::USERS_WAITING).set(stats.waiting_users as f64);
                 metrics::gauge!(m::WORKER_SLOTS).set(stats.slots as f64);
-            }
-            if let Err(e) = self.bus.keep_alive_jobs(&self.id, &mine).await {
-                tracing::warn!(error = %e, "refreshing running jobs failed");
             }
             let orphans = match self.bus.reclaim_jobs(&self.id, idle, RECLAIM_BATCH).await {
                 Ok(o) => o,

@@ -227,7 +227,8 @@ function endpointOf(pathname: string): Endpoint {
  *   with the same `id`, which the gateway acknowledges without executing it twice (`duplicate: true`).
  * - Tracks the last `seq` of every execution stream it follows and of the collaboration session: after a
  *   reconnect it sends `resume {executionId, afterSeq}` for every unfinished execution and rejoins a session
- *   with `?afterSeq=`; events at or below a seen `seq` are dropped, so handlers see each event once.
+ *   with `?afterSeq=` and `&participantId=` (its previous entry is replaced at once, not left to expire);
+ *   events at or below a seen `seq` are dropped, so handlers see each event once.
  *
  * @example
  * ```ts
@@ -264,6 +265,8 @@ export class RealtimeClient {
   private readonly streams = new Map<string, StreamState>();
   private readonly executionListeners = new Map<string, Set<(frame: ExecutionEvent) => void>>();
   private sessionSeqValue: number | undefined;
+  /** This socket's participant id in its session: a rejoin presents it to take over its old entry at once. */
+  private sessionParticipant: string | undefined;
 
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
@@ -377,6 +380,7 @@ export class RealtimeClient {
     this.failPending(error);
     this.streams.clear();
     this.sessionSeqValue = undefined;
+    this.sessionParticipant = undefined;
     const ws = this.ws;
     this.ws = undefined;
     const closed = this.waitSocketClosed(ws);
@@ -556,6 +560,7 @@ export class RealtimeClient {
     if (token) u.searchParams.set('access_token', token);
     if (endpointOf(u.pathname) === 'collaboration' && this.sessionSeqValue !== undefined) {
       u.searchParams.set('afterSeq', String(this.sessionSeqValue));
+      if (this.sessionParticipant !== undefined) u.searchParams.set('participantId', this.sessionParticipant);
     }
     return u;
   }
@@ -835,6 +840,7 @@ export class RealtimeClient {
         // First join, or a session that restarted from scratch (its seq went back): start from the snapshot.
         // On a rejoin with afterSeq the missed events follow and pass the seq check.
         if (this.sessionSeqValue === undefined || snapshot < this.sessionSeqValue) this.sessionSeqValue = snapshot;
+        this.sessionParticipant = frame.payload.participantId;
         break;
       }
       default:

@@ -25,6 +25,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub struct CollabJoin {
     pub session_id: String,
     pub after_seq: Option<u64>,
+    /// A rejoin's previous participant id (`?participantId=`): taken over if it is this user's.
+    pub replaces: Option<String>,
 }
 
 /// A socket's place in a session, and its cursor waiting to be sent.
@@ -98,6 +100,11 @@ impl Session {
             participant: participant.clone(),
             timestamp: now_ms(),
         }));
+        let replaced_frame = join
+            .replaces
+            .as_deref()
+            .map(|old| participant_left_frame(&join.session_id, old, "replaced"))
+            .unwrap_or_default();
         let outcome = self
             .state
             .bus
@@ -109,6 +116,10 @@ impl Session {
                 max_participants: limits.max_participants,
                 joined_frame: &joined_frame,
                 chat_history: limits.chat_history,
+                user_id: &participant.user_id,
+                rejoin: join.after_seq.is_some() || join.replaces.is_some(),
+                replaces: join.replaces.as_deref(),
+                replaced_frame: &replaced_frame,
             })
             .await
             .map_err(|e| (unavailable(e), close::TRY_AGAIN_LATER))?;

@@ -151,6 +151,8 @@ pub async fn monitoring(
 #[serde(rename_all = "camelCase")]
 pub struct CollabParams {
     after_seq: Option<u64>,
+    /// A rejoin's previous participant id (from its `session_state`): its entry is taken over.
+    participant_id: Option<String>,
     user: Option<String>,
     name: Option<String>,
 }
@@ -178,9 +180,18 @@ pub async fn collaboration(
         return Ok(HttpResponse::BadRequest()
             .body(format!("user and name must be 1 to {MAX_NAME_LEN} bytes")));
     }
+    // `<userId>#<8 hex>`: at most a user id and 9 bytes.
+    if params
+        .participant_id
+        .as_ref()
+        .is_some_and(|p| p.is_empty() || p.len() > MAX_NAME_LEN + 9)
+    {
+        return Ok(HttpResponse::BadRequest().body("participantId is not a participant id"));
+    }
     let join = CollabJoin {
         session_id,
         after_seq: params.after_seq,
+        replaces: params.participant_id,
     };
     upgrade_into(&req, body, &state, Endpoint::Collaboration, Some(join))
 }

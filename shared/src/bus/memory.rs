@@ -455,6 +455,22 @@ impl Bus for MemoryBus {
         let mut state = self.state();
         self.expire(&mut state);
         let session = state.sessions.entry(r.session_id.to_owned()).or_default();
+        // A rejoin takes over its previous entry, if it is the same user's (one node: no ghosts of
+        // other nodes to discount from the cap).
+        if let Some(old) = r.replaces {
+            let same_user = |json: &str| {
+                serde_json::from_str::<serde_json::Value>(json)
+                    .is_ok_and(|p| p["userId"].as_str() == Some(r.user_id))
+            };
+            let before = session.participants.len();
+            session
+                .participants
+                .retain(|(id, json)| id != old || !same_user(json));
+            if session.participants.len() < before {
+                session.cursors.remove(old);
+                self.session_append_locked(r.session_id, session, r.replaced_frame);
+            }
+        }
         if session.participants.len() >= r.max_participants {
             return Ok(JoinOutcome::Full);
         }

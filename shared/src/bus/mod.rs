@@ -177,6 +177,16 @@ pub struct JoinRequest<'a> {
     pub joined_frame: &'a str,
     /// How many recent chat messages the snapshot carries.
     pub chat_history: usize,
+    /// The joiner's user id (`protocol::Participant::user_id`).
+    pub user_id: &'a str,
+    /// A rejoin (`afterSeq`, or a previous participant id): the cap does not count the user's own
+    /// entries on other nodes (ghosts of a node that died, not yet reaped).
+    pub rejoin: bool,
+    /// A rejoin's previous participant id: if still there and the same user's, it is removed first
+    /// (`replaced_frame` announces it), atomically with the join.
+    pub replaces: Option<&'a str>,
+    /// The `participant_left` frame (reason `replaced`) of `replaces`, without `seq`.
+    pub replaced_frame: &'a str,
 }
 
 /// The session as of the joiner's own `participant_joined` event (`seq`).
@@ -467,7 +477,8 @@ pub trait Bus: Send + Sync + 'static {
     // Every session event is numbered by one per-session counter and appended to the session's log and
     // live channel in the same atomic step as the state change it reports, so all nodes see one order.
 
-    /// Adds the participant (unless the session is full) and returns the snapshot including it.
+    /// Adds the participant (unless the session is full) and returns the snapshot including it. A
+    /// rejoin takes over its previous entry first (see [`JoinRequest::replaces`]).
     async fn session_join(&self, request: JoinRequest<'_>) -> Result<JoinOutcome, BusError>;
 
     /// Removes the participant; appends `left_frame` only if it was still there (so exactly once).

@@ -1,4 +1,4 @@
--- A participant joins (unless the session is full): returns {0} (full) or the snapshot as of its own
+-- A participant joins (unless the session is full; a rejoin first takes over its previous entry): returns {0} (full) or the snapshot as of its own
 -- `participant_joined` event: {1, seq, participants, text, version, author, cursors (flat), chat}.
 -- KEYS[1..7]: the session's keys. Slot: the session's.
 local k = {
@@ -17,8 +17,32 @@ local participant = ARGV[4]       -- JSON
 local max_participants = tonumber(ARGV[5])
 local joined_frame = ARGV[6]
 local chat_history = tonumber(ARGV[7])
+local user_id = ARGV[8]
+local rejoin = ARGV[9] == '1'
+local replaces = ARGV[10]         -- '' or the rejoiner's previous participant id
+local replaced_frame = ARGV[11]   -- its `participant_left` (reason `replaced`)
+local node_id = ARGV[12]          -- the joiner's node
 
-if redis.call('HLEN', k.participants) >= max_participants then return {0} end
+-- A rejoin takes over its own previous entry (a ghost of a dead node, or a socket about to close): one
+-- `participant_left` for it, before the `participant_joined`. Only the same user's entry is taken.
+if replaces ~= '' then
+  local old = redis.call('HGET', k.participants, replaces)
+  if old and cjson.decode(old).userId == user_id then
+    redis.call('HDEL', k.participants, replaces)
+    redis.call('HDEL', k.cursors, replaces)
+    session_append(k, max_len, ttl_secs, replaced_frame)
+  end
+end
+
+-- The cap counts live participants: a rejoiner's own entries on other nodes are ghosts-to-be.
+local count = redis.call('HLEN', k.participants)
+if rejoin and count >= max_participants then
+  for _, json in ipairs(redis.call('HVALS', k.participants)) do
+    local p = cjson.decode(json)
+    if p.userId == user_id and p.nodeId ~= node_id then count = count - 1 end
+  end
+end
+if count >= max_participants then return {0} end
 redis.call('HSET', k.participants, participant_id, participant)
 local seq = session_append(k, max_len, ttl_secs, joined_frame)
 local q = redis.call('HMGET', k.query, 'text', 'version', 'author')

@@ -466,25 +466,27 @@ impl Bus for RedisBus {
             .await
     }
 
+    /// Scored by the Redis server's clock (`node_beat.lua`): the nodes' clocks may disagree.
     async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.keys.nodes())
-            .arg(crate::now_ms())
+        let _: i64 = self
+            .scripts
+            .node_beat
+            .key(self.keys.nodes())
             .arg(node_id)
-            .query_async(&mut conn)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
 
     async fn dead_nodes(&self, ttl: Duration) -> Result<Vec<String>, BusError> {
         let mut conn = self.conn.clone();
-        let cutoff = crate::now_ms() - ttl.as_millis() as i64;
-        Ok(redis::cmd("ZRANGEBYSCORE")
-            .arg(self.keys.nodes())
-            .arg("-inf")
-            .arg(cutoff)
-            .query_async(&mut conn)
+        Ok(self
+            .scripts
+            .nodes_dead
+            .key(self.keys.nodes())
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
             .await?)
     }
 

@@ -45,6 +45,8 @@ pub(super) struct Scripts {
     pub job_keep_alive: Script,
     pub job_position: Script,
     pub conn_acquire: Script,
+    pub node_beat: Script,
+    pub nodes_dead: Script,
 }
 
 impl Scripts {
@@ -73,6 +75,8 @@ impl Scripts {
             job_keep_alive: job_script(include_str!("../lua/job_keep_alive.lua")),
             job_position: Script::new(include_str!("../lua/job_position.lua")),
             conn_acquire: Script::new(include_str!("../lua/conn_acquire.lua")),
+            node_beat: Script::new(include_str!("../lua/node_beat.lua")),
+            nodes_dead: Script::new(include_str!("../lua/nodes_dead.lua")),
         }
     }
 }

@@ -69,6 +69,11 @@ impl RedisBus {
             .arg(r.max_participants)
             .arg(r.joined_frame)
             .arg(r.chat_history)
+            .arg(r.user_id)
+            .arg(if r.rejoin { "1" } else { "0" })
+            .arg(r.replaces.unwrap_or(""))
+            .arg(r.replaced_frame)
+            .arg(r.node_id)
             .invoke_async(&mut conn)
             .await?;
         self.wait_after(&self.keys.session_events(r.session_id))
