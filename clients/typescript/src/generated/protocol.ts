@@ -685,7 +685,8 @@ export interface ParticipantLeft {
   sessionId: string;
   participantId: string;
   /**
-   * `closed` (the socket closed), `node_lost` (its gateway stopped answering and its presence expired) or `replaced` (the same user rejoined presenting this `participantId`, and took its place).
+   * `closed` (the socket closed), `node_lost` (its gateway stopped answering and its presence expired)
+   * or `replaced` (the same user rejoined presenting this `participantId`, and took its place).
    */
   reason: string;
   timestamp: number;
