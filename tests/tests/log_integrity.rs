@@ -4,6 +4,8 @@
 //! - events the worker wrote vanish while it streams (a promoted replica without them): the worker's next
 //!   write is refused and the stream ends with a terminal `query_error` `unavailable`;
 //! - a queued job vanishes from the queue: its followers get a terminal `query_error` `unavailable`;
+//! - a take-over ends an execution whose worker is in fact alive: nothing is appended after that
+//!   terminal event, and the fenced worker's query stops at its next event;
 //! - a session event the follower saw is renumbered (another event takes its seq) and the follower's live
 //!   link drops: after resubscribing it ends with `error unavailable` instead of skipping the new event.
 //!
@@ -272,4 +274,88 @@ async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip()
             .all(|f| f["payload"]["message"]["id"] != json!("m2")),
         "bob never got m2 under m1's seq"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_job_was_taken_over_is_fenced_off_by_the_terminal_event() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::builder("log_fenced_worker")
+        .gateways(1)
+        .workers(1)
+        .start()
+        .await;
+    let mut pg = cluster.pg().await;
+    let mut c = cluster.query_client(0).await;
+    c.timeout = Duration::from_secs(30);
+    let (exec, frames) = c.start_paced_stream("fenced", 3).await;
+    // What a take-over does when a lease expired under a worker that is in fact alive (stalled for
+    // longer than the lease): it appends the terminal `worker_lost` after the last event, in one step.
+    let end_it = redis::cmd("EVAL")
+        .arg(
+            "local last = tonumber(redis.call('HGET', KEYS[1], 'seq')) \
+             local frame = string.format(ARGV[1], last + 1) \
+             redis.call('XADD', KEYS[2], (last + 1) .. '-0', 't', '1', 'f', frame) \
+             redis.call('HSET', KEYS[1], 'seq', last + 1, 'state', 'done') return last + 1",
+        )
+        .arg(2)
+        .arg(format!("{}:{{e:{exec}}}", cluster.prefix))
+        .arg(format!("{}:{{e:{exec}}}:events", cluster.prefix))
+        .arg(format!(
+            r#"{{"type":"query_error","payload":{{"executionId":"{exec}","timestamp":1,"error":{{"code":"worker_lost","message":"taken over"}}}},"seq":%d}}"#
+        ))
+        .clone();
+    let terminal_seq = match redis(&cluster, &mut end_it.clone()).await {
+        redis::Value::Int(n) => n as u64,
+        other => panic!("take-over: {other:?}"),
+    };
+    let injected_at = std::time::Instant::now();
+    let mut rest = c
+        .collect_execution_within(&exec, Duration::from_secs(30))
+        .await;
+    let terminal = rest.pop().expect("a terminal event");
+    assert_eq!(
+        (ty(&terminal), seq_of(&terminal)),
+        ("query_error", terminal_seq),
+        "the take-over's end is the end: {}",
+        short(&terminal)
+    );
+    // The live worker's next event was refused: its query stopped (the paced query has seconds left),
+    // and the log ends with the take-over's terminal event.
+    let mut stopped = false;
+    while injected_at.elapsed() < Duration::from_millis(2_500) {
+        if active_queries_with(&mut pg, &exec).await == 0 {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "the fenced worker's query still runs");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = redis(
+        &cluster,
+        &mut redis::cmd("XREVRANGE")
+            .arg(format!("{}:{{e:{exec}}}:events", cluster.prefix))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .clone(),
+    )
+    .await;
+    let last_id = format!("{last:?}");
+    assert!(
+        last_id.contains(&format!("{terminal_seq}-0")),
+        "nothing after the terminal event: {last_id}"
+    );
+    let mut all = frames.clone();
+    all.extend(rest);
+    all.push(terminal);
+    for (i, f) in all.iter().enumerate() {
+        assert_eq!(
+            seq_of(f),
+            i as u64 + 1,
+            "no gap, no repeat: {}",
+            describe(&all)
+        );
+    }
 }

@@ -6,7 +6,9 @@
 -- not received them): the script refuses with `LOGLOST <last>` and the writer ends the stream explicitly.
 -- With force = '1' (that explicit end) the event is written after whatever the log still has.
 -- A terminal event marks the execution `done`, and from then on its log, state and followers are kept
--- only for the finished retention. Returns {1 written | 2 already there, owner}.
+-- only for the finished retention. Nothing is appended after it (`ENDED <last>`): a worker that was
+-- still alive when another took its job over (its lease expired) is fenced off, and its query stops at
+-- its next event. Returns {1 written | 2 already there, owner}.
 -- Slot: the execution's.
 local state_key = KEYS[1]     -- hash (its `seq` field: the last seq written)
 local events_key = KEYS[2]    -- stream
@@ -24,6 +26,9 @@ local last = tonumber(redis.call('HGET', state_key, 'seq') or '0')
 local owner = redis.call('HGET', state_key, 'owner') or ''
 if force ~= '1' then
   if last == seq then return {2, owner} end
+  if seq > last and redis.call('HGET', state_key, 'state') == 'done' then
+    return redis.error_reply('ENDED ' .. last)
+  end
   if last ~= seq - 1 then return redis.error_reply('LOGLOST ' .. last) end
 end
 redis.call('XADD', events_key, 'MAXLEN', '~', max_len, seq .. '-0', 't', terminal, 'f', frame)
