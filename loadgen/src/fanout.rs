@@ -45,9 +45,10 @@ pub async fn run(
         }
         sockets.push(ws);
     }
-    // Let the joins settle (every earlier participant receives each later participant_joined) before
-    // measuring, so the figures are of the steady state, not of the join storm.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the joins settle before measuring, so the figures are of the steady state, not of the join
+    // storm: every earlier participant receives each later participant_joined, and a socket nobody
+    // reads meanwhile would make the first chat messages of the run wait behind them.
+    let sockets = drain_until_quiet(sockets).await?;
     let per_session = participants.div_ceil(sessions);
     let per_sender_interval = Duration::from_secs_f64(participants as f64 / rate.max(1) as f64);
     let sent_total = rate * seconds;
@@ -147,4 +148,37 @@ pub async fn run(
                        "max": h.max() as f64 / 1000.0},
         "delivered_per_sec": rate_delivered,
     }))
+}
+
+/// Reads every socket until it has been quiet for [`QUIET`] (at most [`SETTLE_LIMIT`] in all).
+async fn drain_until_quiet<S>(sockets: Vec<S>) -> anyhow::Result<Vec<S>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin
+        + Send
+        + 'static,
+{
+    const QUIET: Duration = Duration::from_millis(500);
+    const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+    let until = Instant::now() + SETTLE_LIMIT;
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    match tokio::time::timeout(QUIET, ws.next()).await {
+                        Ok(Some(Ok(_))) => continue,
+                        Ok(other) => bail!("a socket ended while the joins settled: {other:?}"),
+                        Err(_) => break,
+                    }
+                }
+                anyhow::Ok(ws)
+            })
+        })
+        .collect();
+    let mut settled = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        settled.push(t.await??);
+    }
+    Ok(settled)
 }
