@@ -1,13 +1,15 @@
-//! What both binaries need: the wire protocol, the one table of error and close codes,
+//! What both binaries need besides the wire protocol (re-exported from `c2s-protocol`):
 //! Redis key names, the message bus (Redis or in-process), configuration helpers and logging setup.
 
 pub mod bus;
-pub mod codes;
 pub mod config;
 pub mod keys;
 pub mod metrics;
-pub mod protocol;
 pub mod telemetry;
+
+/// The wire protocol (the `c2s-protocol` crate), under the paths the rest of the tree uses.
+pub use c2s_protocol as protocol;
+pub use c2s_protocol::codes;
 
 /// Milliseconds since the Unix epoch: the `timestamp` unit of every event (the guide uses `Date.now()`).
 pub fn now_ms() -> i64 {

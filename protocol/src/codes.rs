@@ -1,4 +1,5 @@
-//! The one table of protocol error codes and WebSocket close codes (PROTOCOL.md), used everywhere.
+//! The one table of protocol error codes (PROTOCOL.md): `error.payload.code` and `query_error`'s code.
+//! Close codes have their own table in `crate::close`.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -77,43 +78,6 @@ impl QueryErrorCode {
             "42601" => QueryErrorCode::SyntaxError,
             s if s.starts_with("08") => QueryErrorCode::Unavailable,
             _ => QueryErrorCode::SqlError,
-        }
-    }
-}
-
-/// WebSocket close codes (RFC 6455 and the application range 4000-4999 of PROTOCOL.md).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    /// A text frame that is not valid UTF-8 (RFC 6455).
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    /// Node draining: reconnect, possibly to another node.
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// Overloaded or slow consumer: try again later (resume with `afterSeq`).
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// Bad or expired token: the client must not reconnect with it.
-    pub const UNAUTHORIZED: u16 = 4001;
-    pub const FORBIDDEN: u16 = 4003;
-    pub const NOT_FOUND: u16 = 4004;
-
-    /// Short reason text sent with the close frame.
-    pub fn reason(code: u16) -> &'static str {
-        match code {
-            NORMAL => "normal closure",
-            GOING_AWAY => "going away",
-            INVALID_DATA => "text frame is not valid UTF-8",
-            POLICY => "policy violation",
-            TOO_BIG => "frame too big",
-            INTERNAL => "internal error",
-            SERVICE_RESTART => "service restart: reconnect",
-            TRY_AGAIN_LATER => "try again later",
-            UNAUTHORIZED => "unauthorized",
-            FORBIDDEN => "forbidden",
-            NOT_FOUND => "not found",
-            _ => "closed",
         }
     }
 }

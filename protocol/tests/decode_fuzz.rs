@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use c2s_shared::codes::ErrorCode;
-use c2s_shared::protocol::{decode_client_frame, CLIENT_MESSAGE_TYPES};
+use c2s_protocol::codes::ErrorCode;
+use c2s_protocol::{decode_client_frame, CLIENT_MESSAGE_TYPES};
 use proptest::prelude::*;
 
 /// Decodes as the gateway would: frames arrive as text, so bytes are read lossily first.
