@@ -1,6 +1,7 @@
 import { backoffDelay, DEFAULT_RECONNECT, type ReconnectOptions } from './backoff.js';
 import type { ErrorBody, Pong, ServerFrame } from './generated/protocol.js';
 import {
+  CloseCode,
   isAckedType,
   isExecutionEvent,
   isRetryableClose,
@@ -17,6 +18,7 @@ import {
   type ServerPayloads,
 } from './protocol.js';
 import { QueryHandle, type ExecuteOptions, type SubscribeOptions } from './query.js';
+import type { ConnectionStatus, StreamHost, Waiter } from './stream-host.js';
 import { Emitter, Timers, uuid, type HandlerErrorReporter } from './util.js';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -99,27 +101,7 @@ export interface RealtimeClientOptions {
   onHandlerError?: HandlerErrorReporter;
 }
 
-/** The connection's state, for UIs. */
-export type ConnectionStatus =
-  | { readonly state: 'idle' }
-  | { readonly state: 'connecting'; readonly attempt: number; readonly url: string }
-  | { readonly state: 'open'; readonly url: string; readonly since: number }
-  | {
-      readonly state: 'reconnecting';
-      /** The retry about to be made (1-based). */
-      readonly attempt: number;
-      /** How long until it is made (ms). */
-      readonly delayMs: number;
-      /** Why the previous connection ended. */
-      readonly code: number;
-      readonly reason: string;
-    }
-  | {
-      /** Final: `close()` was called, the close code means "do not retry", or the retries ran out. */
-      readonly state: 'closed';
-      readonly code: number;
-      readonly reason: string;
-    };
+export type { ConnectionStatus } from './stream-host.js';
 
 /** Round-trip measurements of the heartbeat pings (for `useConnectionQuality`). */
 export interface LatencyStats {
@@ -172,10 +154,6 @@ export type RealtimeClientEvents = ServerMessageHandlers & {
 // ---------------------------------------------------------------------------------------------------------
 
 /** Sync callbacks of a message waiting for its `ack` (or `error` with `ref`). */
-interface Waiter {
-  ack(ack: AckPayload): void;
-  fail(error: RealtimeError): void;
-}
 
 interface OutgoingFrame {
   type: ClientMessageType;
@@ -240,7 +218,7 @@ function endpointOf(pathname: string): Endpoint {
  * await client.close();
  * ```
  */
-export class RealtimeClient {
+export class RealtimeClient implements StreamHost {
   private readonly options: RealtimeClientOptions;
   private readonly reconnectPolicy: ReconnectOptions | false;
   private readonly heartbeatPolicy: HeartbeatOptions | false;
@@ -588,7 +566,7 @@ export class RealtimeClient {
       url = this.buildUrl(base, token);
     } catch (error) {
       if (generation !== this.generation) return;
-      this.onSocketGone(CloseCode1006, `connection setup failed: ${String(error)}`);
+      this.onSocketGone(CloseCode.ABNORMAL, `connection setup failed: ${String(error)}`);
       return;
     }
     this.lastUrl = base;
@@ -596,14 +574,14 @@ export class RealtimeClient {
     const Ctor = this.options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!Ctor) {
       this.stopped = true;
-      this.setStatus({ state: 'closed', code: CloseCode1006, reason: 'no WebSocket implementation: pass `WebSocket`' });
+      this.setStatus({ state: 'closed', code: CloseCode.ABNORMAL, reason: 'no WebSocket implementation: pass `WebSocket`' });
       return;
     }
     let ws: WebSocketLike;
     try {
       ws = new Ctor(url.toString());
     } catch (error) {
-      this.onSocketGone(CloseCode1006, `cannot open ${url}: ${String(error)}`);
+      this.onSocketGone(CloseCode.ABNORMAL, `cannot open ${url}: ${String(error)}`);
       return;
     }
     this.ws = ws;
@@ -620,7 +598,7 @@ export class RealtimeClient {
     ws.onerror = noop; // a close event follows
     ws.onclose = (event: { code?: number; reason?: string }) => {
       this.resolveSocketClosed();
-      if (this.ws === ws) this.onSocketGone(event.code ?? CloseCode1006, event.reason ?? '');
+      if (this.ws === ws) this.onSocketGone(event.code ?? CloseCode.ABNORMAL, event.reason ?? '');
     };
   }
 
@@ -649,7 +627,7 @@ export class RealtimeClient {
     } catch {
       /* already closing */
     }
-    this.onSocketGone(CloseCode1006, reason);
+    this.onSocketGone(CloseCode.ABNORMAL, reason);
   }
 
   /** The current socket is gone: requeue what was not acknowledged, then reconnect or stop. */
@@ -1041,4 +1019,3 @@ export class RealtimeClient {
   }
 }
 
-const CloseCode1006 = 1006;

@@ -1,4 +1,3 @@
-import type { RealtimeClient } from './client.js';
 import type {
   Column,
   DataChunk,
@@ -18,6 +17,7 @@ import {
   type ServerFrameOf,
   type ServerPayloads,
 } from './protocol.js';
+import type { StreamHost } from './stream-host.js';
 import { Emitter } from './util.js';
 
 /** How a query ended. {@link QueryHandle.done} resolves with it (it never rejects). */
@@ -182,7 +182,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
   private cancelRequested = false;
 
   private constructor(
-    private readonly client: RealtimeClient,
+    private readonly client: StreamHost,
     private readonly callbacks: QueryCallbacks,
     buffer: BufferMode,
     clientId: string | undefined,
@@ -214,7 +214,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
   }
 
   /** @internal */
-  static execute(client: RealtimeClient, query: string, options: ExecuteOptions): QueryHandle {
+  static execute(client: StreamHost, query: string, options: ExecuteOptions): QueryHandle {
     const { id, traceparent, buffer, onEvent, onStarted, onProgress, onStreamStart, onChunk, onStreamComplete, onDone, ...queryOptions } =
       options;
     const callbacks = { onEvent, onStarted, onProgress, onStreamStart, onChunk, onStreamComplete, onDone };
@@ -247,7 +247,7 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
   }
 
   /** @internal */
-  static subscribe(client: RealtimeClient, executionId: string, options: SubscribeOptions): QueryHandle {
+  static subscribe(client: StreamHost, executionId: string, options: SubscribeOptions): QueryHandle {
     const handle = QueryHandle.follow(client, executionId, options);
     client.sendWithWaiter(
       'subscribe',
@@ -265,11 +265,11 @@ export class QueryHandle implements AsyncIterable<ExecutionEvent> {
   }
 
   /** @internal */
-  static watch(client: RealtimeClient, executionId: string, options: SubscribeOptions): QueryHandle {
+  static watch(client: StreamHost, executionId: string, options: SubscribeOptions): QueryHandle {
     return QueryHandle.follow(client, executionId, options);
   }
 
-  private static follow(client: RealtimeClient, executionId: string, options: SubscribeOptions): QueryHandle {
+  private static follow(client: StreamHost, executionId: string, options: SubscribeOptions): QueryHandle {
     const { afterSeq, buffer, ...callbacks } = options;
     const handle = new QueryHandle(client, callbacks, bufferMode(buffer, callbacks), undefined);
     client.track(executionId, afterSeq ?? 0);

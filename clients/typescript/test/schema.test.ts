@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // @ts-expect-error -- a plain .mjs script without types
-import { generate, outPath, schemaPath } from '../scripts/gen-types.mjs';
+import { generate, generateTables, outPath, schemaPath, tablesPath } from '../scripts/gen-types.mjs';
 import { startEmbedded, type Gateway } from './helpers/processes.js';
 
 let gw: Gateway;
@@ -24,5 +24,10 @@ describe('protocol schema', () => {
     const committed = JSON.parse(await readFile(schemaPath, 'utf8'));
     const fresh: string = await generate(committed);
     expect(await readFile(outPath, 'utf8')).toBe(fresh);
+  });
+
+  it('src/generated/tables.ts (close codes, type lists) is what `npm run gen` makes of the committed schema', async () => {
+    const committed = JSON.parse(await readFile(schemaPath, 'utf8'));
+    expect(await readFile(tablesPath, 'utf8')).toBe(generateTables(committed));
   });
 });
