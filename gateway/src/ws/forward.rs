@@ -27,7 +27,7 @@ use c2s_shared::protocol::{ErrorBody, QueryProgress, ServerFrame, ServerMessage}
 
 use super::deliver_span::{self, DeliverSpan};
 use super::follower::Follower;
-use super::session::Outbound;
+use super::outbound::Outbound;
 use c2s_shared::telemetry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, Semaphore};

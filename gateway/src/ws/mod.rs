@@ -1,48 +1,40 @@
-//! WebSocket endpoints. Each socket gets one session task (see [`session`]); what it may ask for
-//! depends on the endpoint.
+//! WebSocket endpoints: the HTTP handlers that upgrade a request and hand the socket to its session
+//! task ([`session`]). What a socket may ask for depends on its [`Endpoint`].
+//!
+//! Module map (leaves first): `endpoint` (which messages each endpoint takes), `refusal` (the one
+//! refusal type), `outbound` (what streams hand the socket), `timers`, `pacing` (rate limits),
+//! `follower` and `deliver_span` (a stream's bookkeeping), `forward` (relays one stream), `streams`
+//! (the streams of one socket), `collab` (a participant's actions), `queries` (the query messages),
+//! `session` (the socket loop).
 
 mod collab;
 mod deliver_span;
+mod endpoint;
 mod follower;
 mod forward;
+mod outbound;
+mod pacing;
+mod queries;
+mod refusal;
 mod session;
+mod streams;
+mod timers;
 
 use std::sync::Arc;
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use c2s_shared::codes::{close, ErrorCode};
-use c2s_shared::protocol::{ServerFrame, ServerMessage};
+use c2s_shared::codes::ErrorCode;
+use c2s_shared::protocol::{Close, ServerFrame};
 
 use crate::auth;
 use crate::state::AppState;
 pub use collab::participant_left_frame;
 use collab::{valid_session_id, CollabJoin, MAX_NAME_LEN};
+use refusal::{close_reason, Refusal};
 
-/// Which endpoint a socket came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/ws/query`: run, cancel and resume queries.
-    Query,
-    /// `/ws/data`: follow the data stream of an execution started elsewhere.
-    Data,
-    /// `/ws/collaboration/{sessionId}`: a shared query space.
-    Collaboration,
-    /// `/ws/monitoring`: latency pings, node status, system notices.
-    Monitoring,
-}
-
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Query => "/ws/query",
-            Endpoint::Data => "/ws/data",
-            Endpoint::Collaboration => "/ws/collaboration",
-            Endpoint::Monitoring => "/ws/monitoring",
-        }
-    }
-}
+pub use endpoint::Endpoint;
 
 fn upgrade(
     req: &HttpRequest,
@@ -58,13 +50,6 @@ fn upgrade(
 struct DevIdentity {
     user: Option<String>,
     name: Option<String>,
-}
-
-/// Why an upgrade is refused: the `error` frame sent, then the close code.
-struct UpgradeRefusal {
-    code: ErrorCode,
-    message: String,
-    close: u16,
 }
 
 /// Completes every upgrade (so a browser sees the close code, not a failed handshake), then checks in
@@ -85,29 +70,27 @@ fn upgrade_into(
     let dev = web::Query::<DevIdentity>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default();
-    let checked = if !auth::origin_allowed(req, &state.allowed_origins) {
-        Err(UpgradeRefusal {
-            code: ErrorCode::Forbidden,
-            message: "this Origin may not open sockets here".into(),
-            close: close::POLICY,
-        })
-    } else {
-        match state.auth.identify(req, dev.user, dev.name) {
-            Err(e) => Err(UpgradeRefusal {
-                code: ErrorCode::Unauthorized,
-                message: e.to_string(),
-                close: close::UNAUTHORIZED,
-            }),
-            Ok(identity) => match &collab {
-                Some(join) if !identity.may_join(&join.session_id) => Err(UpgradeRefusal {
-                    code: ErrorCode::Forbidden,
-                    message: format!("your token does not grant session {}", join.session_id),
-                    close: close::FORBIDDEN,
-                }),
-                _ => Ok(identity),
-            },
-        }
-    };
+    let checked =
+        if !auth::origin_allowed(req, &state.allowed_origins) {
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "this Origin may not open sockets here",
+            )
+            .closing(Close::Policy))
+        } else {
+            match state.auth.identify(req, dev.user, dev.name) {
+                Err(e) => Err(Refusal::new(ErrorCode::Unauthorized, e.to_string())
+                    .closing(Close::Unauthorized)),
+                Ok(identity) => match &collab {
+                    Some(join) if !identity.may_join(&join.session_id) => Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("your token does not grant session {}", join.session_id),
+                    )
+                    .closing(Close::Forbidden)),
+                    _ => Ok(identity),
+                },
+            }
+        };
     let (response, mut ws, stream) = actix_ws::handle(req, body)?;
     let state = Arc::clone(state.get_ref());
     let slot = state.try_connect();
@@ -122,17 +105,18 @@ fn upgrade_into(
         (Ok(_), None) => {
             metrics::counter!(c2s_shared::metrics::REFUSALS, "reason" => "node_connections")
                 .increment(1);
-            UpgradeRefusal {
-                code: ErrorCode::Unavailable,
-                message: "this node is at its connection limit; retry shortly".into(),
-                close: close::TRY_AGAIN_LATER,
-            }
+            Refusal::new(
+                ErrorCode::Unavailable,
+                "this node is at its connection limit; retry shortly",
+            )
+            .closing(Close::TryAgainLater)
         }
     };
     actix_web::rt::spawn(async move {
-        let frame = ServerFrame::new(ServerMessage::error(refused.code, refused.message, None));
+        let close = refused.close.map(close_reason);
+        let frame = ServerFrame::new(refused.into_message(None));
         let _ = ws.text(frame.to_text()).await;
-        let _ = ws.close(Some(session::close_reason(refused.close))).await;
+        let _ = ws.close(close).await;
     });
     Ok(response)
 }
