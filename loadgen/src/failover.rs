@@ -12,12 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use c2s_protocol::ServerMessage;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::frames;
 use crate::net::{connect_from, socket_addr, source_address, Ws};
 
 pub struct Options {
@@ -49,21 +51,13 @@ struct Outcome {
 async fn await_session_state(ws: &mut Ws) -> anyhow::Result<(u64, String)> {
     loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let v: Value = serde_json::from_str(&t)?;
-                if v["type"] == "session_state" {
-                    let seq = v["payload"]["snapshotSeq"]
-                        .as_u64()
-                        .context("session_state without snapshotSeq")?;
-                    let id = v["payload"]["participantId"]
-                        .as_str()
-                        .context("session_state without participantId")?;
-                    return Ok((seq, id.to_owned()));
+            Ok(Some(Ok(Message::Text(t)))) => match frames::parse(&t)?.message {
+                ServerMessage::SessionState(state) => {
+                    return Ok((state.snapshot_seq, state.participant_id))
                 }
-                if v["type"] == "error" {
-                    bail!("join refused: {t}");
-                }
-            }
+                ServerMessage::Error(_) => bail!("join refused: {t}"),
+                _ => {}
+            },
             Ok(Some(Ok(_))) => continue,
             other => bail!("no session_state: {other:?}"),
         }
@@ -170,8 +164,10 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                     }
                     Some(Ok(_)) => continue,
                 };
-                let v: Value = serde_json::from_str(&text).unwrap_or_default();
-                if let Some(s) = v["seq"].as_u64() {
+                let Ok(frame) = frames::parse(&text) else {
+                    continue;
+                };
+                if let Some(s) = frame.seq {
                     if s <= last {
                         out.duplicates += 1;
                         continue;
@@ -180,7 +176,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                         out.gaps += 1;
                     }
                     last = s;
-                    if v["type"] == "chat_message" {
+                    if matches!(frame.message, ServerMessage::ChatMessage(_)) {
                         out.chats += 1;
                     }
                 }
@@ -210,9 +206,8 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
-                let frame = json!({"type": "chat_message", "payload": {"message": {
-                    "id": format!("s{s}-{sent}"), "content": format!("m{sent}")}}});
-                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                let frame = frames::chat_text(format!("s{s}-{sent}"), format!("m{sent}"));
+                if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
                 sent += 1;

@@ -4,10 +4,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use c2s_protocol::{ServerFrame, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+
+use crate::frames;
 use tokio_tungstenite::tungstenite::Message;
 
 pub async fn run(
@@ -75,11 +78,16 @@ pub async fn run(
                 if !text.starts_with("{\"type\":\"chat_message\"") {
                     continue;
                 }
-                let v: Value = serde_json::from_str(&text).unwrap_or_default();
-                let content = v["payload"]["message"]["content"]
-                    .as_str()
-                    .unwrap_or_default();
-                if let Some(sent_us) = content
+                let Ok(ServerFrame {
+                    message: ServerMessage::ChatMessage(chat),
+                    ..
+                }) = frames::parse(&text)
+                else {
+                    continue;
+                };
+                if let Some(sent_us) = chat
+                    .message
+                    .content
                     .strip_prefix("t=")
                     .and_then(|t| t.parse::<u64>().ok())
                 {
@@ -98,11 +106,11 @@ pub async fn run(
             let mut sent = 0u64;
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
-                let frame = json!({"type": "chat_message", "payload": {"message": {
-                    "id": format!("{i}-{sent}"),
-                    "content": format!("t={}", clock.elapsed().as_micros()),
-                }}});
-                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                let frame = frames::chat_text(
+                    format!("{i}-{sent}"),
+                    format!("t={}", clock.elapsed().as_micros()),
+                );
+                if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
                 sent += 1;

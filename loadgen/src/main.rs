@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use c2s_protocol::{ClientMessage, ExecuteQuery, QueryOptions, RowFormat, ServerMessage};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -120,8 +121,8 @@ enum Scenario {
         #[arg(long, default_value_t = 5000)]
         chunk_size: u32,
         /// `objects` or `arrays`.
-        #[arg(long, default_value = "arrays")]
-        row_format: String,
+        #[arg(long, default_value = "arrays", value_parser = frames::row_format)]
+        row_format: RowFormat,
         /// Row cap asked for.
         #[arg(long, default_value_t = 1_000_000)]
         max_rows: u64,
@@ -221,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
             pg_url,
         } => {
             let url = format!("{}/ws/query", cli.url.trim_end_matches('/'));
-            println!("scenario stream: {url}\nquery: {query}\nchunkSize {chunk_size}, rowFormat {row_format}, runs {runs}\n");
+            println!("scenario stream: {url}\nquery: {query}\nchunkSize {chunk_size}, rowFormat {row_format:?}, runs {runs}\n");
             println!(
                 "{:>4} {:>9} {:>11} {:>13} {:>16} {:>10} {:>10} {:>12} {:>9}",
                 "run",
@@ -236,8 +237,12 @@ async fn main() -> anyhow::Result<()> {
             );
             let mut all = Vec::new();
             for run in 1..=runs {
-                let options =
-                    json!({"chunkSize": chunk_size, "rowFormat": row_format, "maxRows": max_rows});
+                let options = QueryOptions {
+                    chunk_size: Some(chunk_size),
+                    row_format: Some(row_format),
+                    max_rows: Some(max_rows),
+                    ..QueryOptions::default()
+                };
                 let f = tokio::time::timeout(
                     Duration::from_secs(timeout_secs),
                     stream_once(&url, &query, options),
@@ -336,19 +341,23 @@ mod baseline;
 mod connections;
 mod failover;
 mod fanout;
+mod frames;
 mod net;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn stream_once(url: &str, query: &str, options: Value) -> anyhow::Result<RunFigures> {
+async fn stream_once(url: &str, query: &str, options: QueryOptions) -> anyhow::Result<RunFigures> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let t0 = Instant::now();
-    let frame = json!({"type": "execute_query", "payload": {"query": query, "options": options}});
-    ws.send(Message::text(frame.to_string())).await?;
+    let frame = frames::client_text(ClientMessage::ExecuteQuery(ExecuteQuery {
+        query: query.to_owned(),
+        options: Some(options),
+    }));
+    ws.send(Message::text(frame)).await?;
     let (mut ack, mut started, mut first_chunk) = (None, None, None);
     let (mut rows, mut bytes, mut last_seq) = (0u64, 0u64, 0u64);
     while let Some(msg) = ws.next().await {
@@ -358,25 +367,23 @@ async fn stream_once(url: &str, query: &str, options: Value) -> anyhow::Result<R
             _ => continue,
         };
         bytes += text.len() as u64;
-        let v: Value = serde_json::from_str(&text)?;
-        if let Some(seq) = v["seq"].as_u64() {
+        let frame = frames::parse(&text)?;
+        if let Some(seq) = frame.seq {
             if seq != last_seq + 1 {
                 bail!("seq gap: {last_seq} then {seq}");
             }
             last_seq = seq;
         }
-        match v["type"].as_str().unwrap_or_default() {
-            "ack" => ack = Some(t0.elapsed()),
-            "query_started" => started = Some(t0.elapsed()),
-            "data_chunk" => {
+        match frame.message {
+            ServerMessage::Ack(_) => ack = Some(t0.elapsed()),
+            ServerMessage::QueryStarted(_) => started = Some(t0.elapsed()),
+            ServerMessage::DataChunk(chunk) => {
                 first_chunk.get_or_insert(t0.elapsed());
-                rows += v["payload"]["data"]
-                    .as_array()
-                    .map_or(0, |a| a.len() as u64);
+                rows += chunk.data.len() as u64;
             }
-            "query_completed" => {
+            ServerMessage::QueryCompleted(done) => {
                 let total = t0.elapsed();
-                let expected = v["payload"]["result"]["rowCount"].as_u64().unwrap_or(0);
+                let expected = done.result.row_count;
                 if expected != rows {
                     bail!("received {rows} rows, query_completed says {expected}");
                 }
@@ -393,7 +400,11 @@ async fn stream_once(url: &str, query: &str, options: Value) -> anyhow::Result<R
                     bytes,
                 });
             }
-            "query_error" | "query_cancelled" | "error" => bail!("query failed: {text}"),
+            ServerMessage::QueryError(_)
+            | ServerMessage::QueryCancelled(_)
+            | ServerMessage::Error(_) => {
+                bail!("query failed: {text}")
+            }
             _ => {}
         }
     }
