@@ -10,6 +10,8 @@
 //!
 //! Scenario `connections`: idle sockets on one gateway and its resident memory per socket.
 //!
+//! Scenario `parse`: the client's frame parsing alone, typed against untyped, no server.
+//!
 //! Every scenario prints a table; `--json <file>` writes the figures too, `--pid` adds servers' RSS.
 //!
 //! Scenario `stream`: runs one query (default: 1M rows × 5 columns) `--runs` times and reports, per run,
@@ -43,6 +45,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// The client's parsing alone: typed frames against `serde_json::Value`, no server.
+    Parse {
+        /// About how many 500-row frames' worth of rows to parse each way.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+    },
     /// Idle connections: open `--count` sockets, hold them, report the gateway's memory per connection.
     Connections {
         #[arg(long, default_value_t = 10_000)]
@@ -153,6 +161,7 @@ struct RunFigures {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let figures = match cli.scenario {
+        Scenario::Parse { rounds } => parse::run(rounds)?,
         Scenario::Connections {
             count,
             parallel,
@@ -343,6 +352,7 @@ mod failover;
 mod fanout;
 mod frames;
 mod net;
+mod parse;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

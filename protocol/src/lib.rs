@@ -14,6 +14,7 @@ pub mod close;
 pub mod codes;
 pub mod schema;
 pub mod server;
+mod server_decode;
 pub mod tables;
 
 pub use client::*;

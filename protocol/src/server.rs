@@ -324,83 +324,67 @@ pub struct SystemNotice {
     pub timestamp: i64,
 }
 
-/// Every message the server sends, tagged by `type` with its body in `payload`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
-pub enum ServerMessage {
-    Ack(Ack),
-    Error(ErrorBody),
-    Pong(Pong),
-    QueryStarted(QueryStarted),
-    QueryProgress(QueryProgress),
-    DataStreamStart(DataStreamStart),
-    DataChunk(DataChunk),
-    DataStreamComplete(DataStreamComplete),
-    QueryCompleted(QueryCompleted),
-    QueryError(QueryError),
-    QueryCancelled(QueryCancelled),
-    SessionState(SessionState),
-    ParticipantJoined(ParticipantJoined),
-    ParticipantLeft(ParticipantLeft),
-    QueryUpdated(QueryUpdated),
-    CursorMoved(CursorMoved),
-    ChatMessage(ChatBroadcast),
-    SharedExecution(SharedExecution),
-    NodeStatus(NodeStatus),
-    SystemNotice(SystemNotice),
+/// Declares [`ServerMessage`] from one table (variant, payload type, wire name), with its
+/// [`SERVER_MESSAGE_TYPES`], its `type_name` and the payload decoder of [`ServerFrame`]'s
+/// `Deserialize`: one line per message, so the four cannot disagree.
+macro_rules! server_messages {
+    ($($variant:ident($payload:ty) = $name:literal,)*) => {
+        /// Every message the server sends, tagged by `type` with its body in `payload`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+        pub enum ServerMessage {
+            $($variant($payload),)*
+        }
+
+        /// Every server message `type`, as [`ServerMessage::type_name`] spells them.
+        pub const SERVER_MESSAGE_TYPES: &[&str] = &[$($name,)*];
+
+        impl ServerMessage {
+            /// The wire name of this message (its `type`).
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(ServerMessage::$variant(_) => $name,)*
+                }
+            }
+
+            /// Decodes the `payload` of a message of wire type `name` (None: no such type).
+            pub(crate) fn decode_payload<'de, D: serde::Deserializer<'de>>(
+                name: &str,
+                payload: D,
+            ) -> Result<Option<Self>, D::Error> {
+                match name {
+                    $($name => <$payload>::deserialize(payload).map(|p| Some(ServerMessage::$variant(p))),)*
+                    _ => Ok(None),
+                }
+            }
+        }
+    };
 }
 
-/// Every server message `type`, as [`ServerMessage::type_name`] spells them.
-pub const SERVER_MESSAGE_TYPES: &[&str] = &[
-    "ack",
-    "error",
-    "pong",
-    "query_started",
-    "query_progress",
-    "data_stream_start",
-    "data_chunk",
-    "data_stream_complete",
-    "query_completed",
-    "query_error",
-    "query_cancelled",
-    "session_state",
-    "participant_joined",
-    "participant_left",
-    "query_updated",
-    "cursor_moved",
-    "chat_message",
-    "shared_execution",
-    "node_status",
-    "system_notice",
-];
+server_messages! {
+    Ack(Ack) = "ack",
+    Error(ErrorBody) = "error",
+    Pong(Pong) = "pong",
+    QueryStarted(QueryStarted) = "query_started",
+    QueryProgress(QueryProgress) = "query_progress",
+    DataStreamStart(DataStreamStart) = "data_stream_start",
+    DataChunk(DataChunk) = "data_chunk",
+    DataStreamComplete(DataStreamComplete) = "data_stream_complete",
+    QueryCompleted(QueryCompleted) = "query_completed",
+    QueryError(QueryError) = "query_error",
+    QueryCancelled(QueryCancelled) = "query_cancelled",
+    SessionState(SessionState) = "session_state",
+    ParticipantJoined(ParticipantJoined) = "participant_joined",
+    ParticipantLeft(ParticipantLeft) = "participant_left",
+    QueryUpdated(QueryUpdated) = "query_updated",
+    CursorMoved(CursorMoved) = "cursor_moved",
+    ChatMessage(ChatBroadcast) = "chat_message",
+    SharedExecution(SharedExecution) = "shared_execution",
+    NodeStatus(NodeStatus) = "node_status",
+    SystemNotice(SystemNotice) = "system_notice",
+}
 
 impl ServerMessage {
-    /// The wire name of this message (its `type`).
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            ServerMessage::Ack(_) => "ack",
-            ServerMessage::Error(_) => "error",
-            ServerMessage::Pong(_) => "pong",
-            ServerMessage::QueryStarted(_) => "query_started",
-            ServerMessage::QueryProgress(_) => "query_progress",
-            ServerMessage::DataStreamStart(_) => "data_stream_start",
-            ServerMessage::DataChunk(_) => "data_chunk",
-            ServerMessage::DataStreamComplete(_) => "data_stream_complete",
-            ServerMessage::QueryCompleted(_) => "query_completed",
-            ServerMessage::QueryError(_) => "query_error",
-            ServerMessage::QueryCancelled(_) => "query_cancelled",
-            ServerMessage::SessionState(_) => "session_state",
-            ServerMessage::ParticipantJoined(_) => "participant_joined",
-            ServerMessage::ParticipantLeft(_) => "participant_left",
-            ServerMessage::QueryUpdated(_) => "query_updated",
-            ServerMessage::CursorMoved(_) => "cursor_moved",
-            ServerMessage::ChatMessage(_) => "chat_message",
-            ServerMessage::SharedExecution(_) => "shared_execution",
-            ServerMessage::NodeStatus(_) => "node_status",
-            ServerMessage::SystemNotice(_) => "system_notice",
-        }
-    }
-
     /// True for the events that end an execution's stream.
     pub fn is_terminal(&self) -> bool {
         matches!(
@@ -425,8 +409,9 @@ impl ServerMessage {
     }
 }
 
-/// A server frame: the message plus the envelope fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A server frame: the message plus the envelope fields. (`Deserialize` is in `server_decode.rs`: it
+/// reads the payload straight into its type instead of buffering the frame as `flatten` would.)
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServerFrame {
     #[serde(flatten)]
     pub message: ServerMessage,
