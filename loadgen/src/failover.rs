@@ -88,31 +88,12 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         o.clients, o.from, o.rate, o.to, o.kill_pid, o.before_kill_secs
     );
 
-    // Join everyone on A, `parallel` at a time.
-    let gate = Arc::new(Semaphore::new(o.parallel.max(1)));
     let (killed_tx, killed_rx) = watch::channel::<Option<Instant>>(None);
     // Senders stop first; followers a moment later, once the last messages had time to arrive.
     let (stop_senders, senders_stopped) = watch::channel(false);
     let (stop_followers, followers_stopped) = watch::channel(false);
     let joined = Instant::now();
-    let mut joins = Vec::with_capacity(o.clients);
-    for i in 0..o.clients {
-        let permit = gate.clone().acquire_owned().await?;
-        let session = format!("fo-{run_id}-{}", i % sessions);
-        let user = format!("fo{i}");
-        let url = session_url(&o.from, &session, &user, None);
-        let source = source_address(i, o.source_addresses);
-        joins.push(tokio::spawn(async move {
-            let mut ws = connect_from(&url, a, source).await?;
-            let (seq, participant) = await_session_state(&mut ws).await?;
-            drop(permit);
-            anyhow::Ok((session, user, ws, seq, participant))
-        }));
-    }
-    let mut participants = Vec::with_capacity(o.clients);
-    for j in joins {
-        participants.push(j.await?.context("joining on gateway A")?);
-    }
+    let participants = join_all(&o, a, run_id, sessions).await?;
     println!(
         "joined {} participants on A in {:.1} s",
         participants.len(),
@@ -122,69 +103,16 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
     // Followers: read, check seq, count chats; on the cut, rejoin B after the last seq seen.
     let mut followers = Vec::with_capacity(participants.len());
     for (i, (session, user, ws, seq, participant)) in participants.into_iter().enumerate() {
-        let (to, mut killed, mut stop) =
-            (o.to.clone(), killed_rx.clone(), followers_stopped.clone());
+        let (to, killed, stop) = (o.to.clone(), killed_rx.clone(), followers_stopped.clone());
         let source = source_address(i, o.source_addresses);
-        followers.push(tokio::spawn(async move {
-            let mut out = Outcome::default();
-            let (mut ws, mut last, mut on_b) = (ws, seq, false);
-            loop {
-                let msg = tokio::select! {
-                    msg = ws.next() => msg,
-                    _ = stop.wait_for(|s| *s) => break,
-                };
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        if on_b {
-                            out.error = Some("cut on gateway B".into());
-                            break;
-                        }
-                        // Cut by the kill: rejoin on B after the last event seen.
-                        let url = session_url(&to, &session, &user, Some((last, &participant)));
-                        let rejoined = async {
-                            let mut ws = connect_from(&url, b, source).await?;
-                            await_session_state(&mut ws).await?;
-                            anyhow::Ok(ws)
-                        };
-                        match rejoined.await {
-                            Ok(new) => {
-                                let kill =
-                                    killed.wait_for(|k| k.is_some()).await.ok().and_then(|k| *k);
-                                out.resumed_after = kill.map(|k| k.elapsed());
-                                ws = new;
-                                on_b = true;
-                                continue;
-                            }
-                            Err(e) => {
-                                out.error = Some(format!("rejoin failed: {e}"));
-                                break;
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let Ok(frame) = frames::parse(&text) else {
-                    continue;
-                };
-                if let Some(s) = frame.seq {
-                    if s <= last {
-                        out.duplicates += 1;
-                        continue;
-                    }
-                    if s != last + 1 {
-                        out.gaps += 1;
-                    }
-                    last = s;
-                    if matches!(frame.message, ServerMessage::ChatMessage(_)) {
-                        out.chats += 1;
-                    }
-                }
-            }
-            let _ = ws.close(None).await;
-            drop(killed);
-            out
-        }));
+        followers.push(tokio::spawn(follow(
+            (session, user, ws, seq, participant),
+            to,
+            b,
+            source,
+            killed,
+            stop,
+        )));
     }
 
     // Senders: one participant per session on B, sending the chat; their own sockets are drained.
@@ -243,6 +171,107 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         outcomes.push(f.await?);
     }
     report(&o, &sent_per_session, &outcomes)
+}
+
+/// One participant as joined on gateway A: session, user, socket, snapshot seq, participant id.
+type Joined = (String, String, Ws, u64, String);
+
+/// Joins every participant on A, `parallel` at a time, each with its `session_state`.
+async fn join_all(
+    o: &Options,
+    a: std::net::SocketAddr,
+    run_id: u32,
+    sessions: usize,
+) -> anyhow::Result<Vec<Joined>> {
+    let gate = Arc::new(Semaphore::new(o.parallel.max(1)));
+    let mut joins = Vec::with_capacity(o.clients);
+    for i in 0..o.clients {
+        let permit = gate.clone().acquire_owned().await?;
+        let session = format!("fo-{run_id}-{}", i % sessions);
+        let user = format!("fo{i}");
+        let url = session_url(&o.from, &session, &user, None);
+        let source = source_address(i, o.source_addresses);
+        joins.push(tokio::spawn(async move {
+            let mut ws = connect_from(&url, a, source).await?;
+            let (seq, participant) = await_session_state(&mut ws).await?;
+            drop(permit);
+            anyhow::Ok((session, user, ws, seq, participant))
+        }));
+    }
+    let mut participants = Vec::with_capacity(o.clients);
+    for j in joins {
+        participants.push(j.await?.context("joining on gateway A")?);
+    }
+    Ok(participants)
+}
+
+/// One participant: reads, checks seq, counts chats; on the cut, rejoins B after the last seq seen.
+async fn follow(
+    joined: Joined,
+    to: String,
+    b: std::net::SocketAddr,
+    source: Ipv4Addr,
+    mut killed: watch::Receiver<Option<Instant>>,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome {
+    let (session, user, ws, seq, participant) = joined;
+    let mut out = Outcome::default();
+    let (mut ws, mut last, mut on_b) = (ws, seq, false);
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                if on_b {
+                    out.error = Some("cut on gateway B".into());
+                    break;
+                }
+                // Cut by the kill: rejoin on B after the last event seen.
+                let url = session_url(&to, &session, &user, Some((last, &participant)));
+                let rejoined = async {
+                    let mut ws = connect_from(&url, b, source).await?;
+                    await_session_state(&mut ws).await?;
+                    anyhow::Ok(ws)
+                };
+                match rejoined.await {
+                    Ok(new) => {
+                        let kill = killed.wait_for(|k| k.is_some()).await.ok().and_then(|k| *k);
+                        out.resumed_after = kill.map(|k| k.elapsed());
+                        ws = new;
+                        on_b = true;
+                        continue;
+                    }
+                    Err(e) => {
+                        out.error = Some(format!("rejoin failed: {e}"));
+                        break;
+                    }
+                }
+            }
+            Some(Ok(_)) => continue,
+        };
+        let Ok(frame) = frames::parse(&text) else {
+            continue;
+        };
+        if let Some(s) = frame.seq {
+            if s <= last {
+                out.duplicates += 1;
+                continue;
+            }
+            if s != last + 1 {
+                out.gaps += 1;
+            }
+            last = s;
+            if matches!(frame.message, ServerMessage::ChatMessage(_)) {
+                out.chats += 1;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    drop(killed);
+    out
 }
 
 fn report(

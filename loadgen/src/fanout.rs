@@ -13,6 +13,10 @@ use tokio::sync::Mutex;
 use crate::frames;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A client socket as `connect_async` opens it.
+type ClientWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 pub async fn run(
     gateways: &[String],
     participants: usize,
@@ -29,25 +33,7 @@ pub async fn run(
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
-    // Connect everyone first, and wait for every session_state.
-    let mut sockets = Vec::with_capacity(participants);
-    for i in 0..participants {
-        let base = gateways[i % gateways.len()].trim_end_matches('/');
-        let session = format!("lg-{run_id}-{}", i % sessions);
-        let url = format!("{base}/ws/collaboration/{session}?user=lg{i}");
-        // TCP_NODELAY, as browsers do: otherwise Nagle holds small frames behind a delayed ACK.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
-            .await
-            .with_context(|| format!("connecting {url}"))?;
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.contains("\"session_state\"") => break,
-                Some(Ok(_)) => continue,
-                other => bail!("no session_state from {url}: {other:?}"),
-            }
-        }
-        sockets.push(ws);
-    }
+    let sockets = connect_all(gateways, participants, sessions, run_id).await?;
     // Let the joins settle before measuring, so the figures are of the steady state, not of the join
     // storm: every earlier participant receives each later participant_joined, and a socket nobody
     // reads meanwhile would make the first chat messages of the run wait behind them.
@@ -129,9 +115,72 @@ pub async fn run(
         received += receiver.await?;
     }
     let elapsed = start.elapsed().as_secs_f64() - 3.0;
-    // Each message reaches everyone in its session (the sender too).
-    let expected = sent * per_session as u64;
     let h = histogram.lock().await;
+    let counts = Counts {
+        sent,
+        sent_total,
+        received,
+        expected: sent * per_session as u64,
+    };
+    Ok(report(
+        &h,
+        counts,
+        elapsed,
+        (participants, sessions, gateways.len(), rate, seconds),
+    ))
+}
+
+/// Connects every participant (round robin over the gateways) and waits for its `session_state`.
+async fn connect_all(
+    gateways: &[String],
+    participants: usize,
+    sessions: usize,
+    run_id: u32,
+) -> anyhow::Result<Vec<ClientWs>> {
+    let mut sockets = Vec::with_capacity(participants);
+    for i in 0..participants {
+        let base = gateways[i % gateways.len()].trim_end_matches('/');
+        let session = format!("lg-{run_id}-{}", i % sessions);
+        let url = format!("{base}/ws/collaboration/{session}?user=lg{i}");
+        // TCP_NODELAY, as browsers do: otherwise Nagle holds small frames behind a delayed ACK.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
+            .await
+            .with_context(|| format!("connecting {url}"))?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"session_state\"") => break,
+                Some(Ok(_)) => continue,
+                other => bail!("no session_state from {url}: {other:?}"),
+            }
+        }
+        sockets.push(ws);
+    }
+    Ok(sockets)
+}
+
+/// Messages sent and delivered. Each message reaches everyone in its session (the sender too), so
+/// `expected` is `sent` times the session size.
+struct Counts {
+    sent: u64,
+    sent_total: u64,
+    received: u64,
+    expected: u64,
+}
+
+/// Prints the figures and returns them as JSON; `setup` is (participants, sessions, gateways, rate, seconds).
+fn report(
+    h: &Histogram<u64>,
+    counts: Counts,
+    elapsed: f64,
+    setup: (usize, usize, usize, u64, u64),
+) -> Value {
+    let Counts {
+        sent,
+        sent_total,
+        received,
+        expected,
+    } = counts;
+    let (participants, sessions, gateways, rate, seconds) = setup;
     println!(
         "sent {sent} (target {sent_total}), delivered {received} (expected {expected}), lost {}",
         expected.saturating_sub(received)
@@ -147,15 +196,15 @@ pub async fn run(
     let rate_delivered = received as f64 / elapsed.max(0.001);
     println!("delivered messages/s: {rate_delivered:.0}");
     let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(json!({
+    json!({
         "scenario": "fanout", "participants": participants, "sessions": sessions,
-        "gateways": gateways.len(), "rate": rate, "seconds": seconds,
+        "gateways": gateways, "rate": rate, "seconds": seconds,
         "sent": sent, "delivered": received, "expected": expected,
         "lost": expected.saturating_sub(received),
         "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
                        "max": h.max() as f64 / 1000.0},
         "delivered_per_sec": rate_delivered,
-    }))
+    })
 }
 
 /// Reads every socket until it has been quiet for [`QUIET`] (at most [`SETTLE_LIMIT`] in all).
