@@ -6,7 +6,7 @@ import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CollaborationSession, RealtimeClient, type ExecutionEvent, type ServerFrame } from '../src/index.js';
 import { dropPrefix, keyPrefix, startNetworked, startWorker, type Gateway, type Proc } from './helpers/processes.js';
-import { nextStatus, until } from './helpers/wait.js';
+import { nextStatus, sleep, until } from './helpers/wait.js';
 
 const prefix = keyPrefix();
 let a: Gateway;
@@ -134,6 +134,36 @@ describe('failover between gateway nodes', () => {
     await until(() => ann.state.query === 'SELECT 99', 5_000, 'the query update'); // in the snapshot, or live after it
     expect(ann.state.chat.map((m) => m.content)).toEqual(['before', 'while you were away']);
     expect(new Set(chats).size).toBe(chats.length); // every chat event once
+    await Promise.all([ann.close(), bob.close()]);
+  });
+
+  it('a rejoin on the other node takes over its own ghost at once: one participant_left (replaced), one participant_joined', async () => {
+    // The rejoin presents its previous participantId: its entry is taken over at once (`replaced`), before
+    // the dead node is reaped (`node_lost`, 2 s), and the reaper later finds nothing left to say.
+    const gwA = await startNetworked(prefix, ['--insecure-no-auth']);
+    const sid = `ghost-${Date.now()}`;
+    const ann = new CollaborationSession({ url: [gwA.url, b.url], sessionId: sid, user: 'ann', name: 'Ann', WebSocket, reconnect });
+    const bob = new CollaborationSession({ url: b.url, sessionId: sid, user: 'bob', name: 'Bob', WebSocket });
+    await until(() => ann.state.participants.length === 2 && bob.state.participants.length === 2, 10_000, 'both joined');
+    const oldId = ann.state.participantId!;
+    const left: { participantId: string; reason: string }[] = [];
+    const joined: string[] = [];
+    bob.client.on('participant_left', (p) => left.push({ participantId: p.participantId, reason: p.reason }));
+    bob.client.on('participant_joined', (p) => joined.push(p.participant.id));
+
+    await gwA.kill('SIGKILL');
+    await until(() => ann.state.joined && ann.state.participantId !== oldId, 15_000, 'ann rejoined on B');
+    const newId = ann.state.participantId!;
+    await until(() => joined.includes(newId), 5_000, 'bob saw the rejoin');
+    expect(left).toEqual([{ participantId: oldId, reason: 'replaced' }]);
+    expect(joined).toEqual([newId]);
+    await until(() => bob.state.participants.length === 2, 2_000, 'two participants at bob');
+    expect(bob.state.participants.map((p) => p.id).sort()).toEqual([newId, bob.state.participantId!].sort());
+    expect(ann.state.participants.map((p) => p.id)).not.toContain(oldId);
+    // Once the dead node is reaped (presence TTL 2 s): still exactly one participant_left for the ghost.
+    await sleep(3_000);
+    expect(left).toEqual([{ participantId: oldId, reason: 'replaced' }]);
+    expect(bob.state.participants).toHaveLength(2);
     await Promise.all([ann.close(), bob.close()]);
   });
 });
