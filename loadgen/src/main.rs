@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use c2s_protocol::RowFormat;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -116,33 +115,7 @@ enum Scenario {
         source_addresses: u8,
     },
     /// Stream a large result end to end and measure rows/s and time to first chunk.
-    Stream {
-        /// The query to run.
-        #[arg(
-            long,
-            default_value = "SELECT g AS id, g * 2 AS doubled, md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
-        )]
-        query: String,
-        /// Rows per chunk.
-        #[arg(long, default_value_t = 5000)]
-        chunk_size: u32,
-        /// `objects` or `arrays`.
-        #[arg(long, default_value = "arrays", value_parser = frames::row_format)]
-        row_format: RowFormat,
-        /// Row cap asked for.
-        #[arg(long, default_value_t = 1_000_000)]
-        max_rows: u64,
-        /// How many times to run it (one after the other).
-        #[arg(long, default_value_t = 3)]
-        runs: u32,
-        /// Give up on a run after this many seconds.
-        #[arg(long, default_value_t = 300)]
-        timeout_secs: u64,
-        /// PostgreSQL URL of the workers' database: adds the baselines of the same run (psql COPY of
-        /// the same query to /dev/null, and PostgreSQL's own time to its first row).
-        #[arg(long)]
-        pg_url: Option<String>,
-    },
+    Stream(stream::Options),
 }
 
 #[tokio::main]
@@ -209,26 +182,7 @@ async fn main() -> anyhow::Result<()> {
             };
             fanout::run(&gateways, participants, sessions.max(1), rate, seconds).await?
         }
-        Scenario::Stream {
-            query,
-            chunk_size,
-            row_format,
-            max_rows,
-            runs,
-            timeout_secs,
-            pg_url,
-        } => {
-            let options = stream::Options {
-                query,
-                chunk_size,
-                row_format,
-                max_rows,
-                runs,
-                timeout_secs,
-                pg_url,
-            };
-            stream::run(&cli.url, options).await?
-        }
+        Scenario::Stream(options) => stream::run(&cli.url, options).await?,
     };
     finish(figures, &cli.pids, cli.json.as_deref())
 }

@@ -14,13 +14,32 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{baseline, frames, ms};
 
 /// What to run, and how often.
+#[derive(clap::Args)]
 pub struct Options {
+    /// The query to run.
+    #[arg(
+        long,
+        default_value = "SELECT g AS id, g * 2 AS doubled, md5(g::text) AS hash, g % 7 AS bucket, now() AS at FROM generate_series(1, 1000000) g"
+    )]
     pub query: String,
+    /// Rows per chunk.
+    #[arg(long, default_value_t = 5000)]
     pub chunk_size: u32,
+    /// `objects` or `arrays`.
+    #[arg(long, default_value = "arrays", value_parser = frames::row_format)]
     pub row_format: RowFormat,
+    /// Row cap asked for.
+    #[arg(long, default_value_t = 1_000_000)]
     pub max_rows: u64,
+    /// How many times to run it (one after the other).
+    #[arg(long, default_value_t = 3)]
     pub runs: u32,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// PostgreSQL URL of the workers' database: adds the baselines of the same run (psql COPY of
+    /// the same query to /dev/null, and PostgreSQL's own time to its first row).
+    #[arg(long)]
     pub pg_url: Option<String>,
 }
 
