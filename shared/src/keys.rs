@@ -43,7 +43,7 @@ impl Keys {
     }
 
     /// Every key of the fair scheduler, in the order the job scripts take them as KEYS[1..9], all in
-    /// the `{jobs}` slot (see `bus/redis_bus/jobs.rs`): the job stream; `heads` (zset: user with waiting
+    /// the `{jobs}` slot (see `bus/jobs/scheduler.rs`): the job stream; `heads` (zset: user with waiting
     /// jobs -> ms of its oldest); `queues` (hash: user -> its waiting job ids, oldest first,
     /// space-separated); `running` (hash: user -> jobs taken and not acknowledged); `claims` (zset: job
     /// id -> ms its worker last refreshed it); `claimed` (hash: job id -> `<consumer>\t<user>`);

@@ -36,7 +36,7 @@ pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// One Redis, or a Redis Cluster reached through seed nodes.
 #[derive(Clone)]
-pub(super) struct Endpoints {
+pub(in crate::bus) struct Endpoints {
     pub cluster: bool,
     /// Connection settings of each seed (one when not a cluster), TCP_NODELAY on.
     pub seeds: Vec<ConnectionInfo>,
@@ -163,7 +163,7 @@ fn nodelay(info: ConnectionInfo) -> ConnectionInfo {
 
 /// A command connection: one Redis or a cluster.
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(in crate::bus) enum Conn {
     Single(ConnectionManager),
     Blocking(MultiplexedConnection),
     Cluster(ClusterConnection),

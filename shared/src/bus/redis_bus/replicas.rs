@@ -5,6 +5,8 @@
 //! one is back, and every write would otherwise pay the whole `C2S_REDIS_WAIT_TIMEOUT_MS` (there is no
 //! replica to lose the write to meanwhile). After the backoff the next write waits again, so a returning
 //! replica is noticed.
+//!
+//! [`RedisBus::write_and_wait`] and [`RedisBus::wait_after`] are how every concern's writes wait.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::slots::key_slot;
+use super::RedisBus;
+use crate::bus::BusError;
 
 pub(super) struct Replicas {
     wanted: u32,
@@ -71,6 +75,65 @@ impl Replicas {
                 backoff_ms = self.backoff.as_millis() as u64,
                 "a write reached fewer replicas than C2S_REDIS_WAIT_REPLICAS; its slot skips WAIT for a while"
             );
+        }
+    }
+}
+
+impl RedisBus {
+    /// Runs a write to `key`'s slot, then (when configured, see the module doc) `WAIT`s for replicas in
+    /// the same round trip, on the same node. A shortfall does not fail the write: its master has it (a
+    /// failover meanwhile is detected by the checks of `jobs/redis.rs` and `events/redis.rs`).
+    pub(in crate::bus) async fn write_and_wait<T: redis::FromRedisValue>(
+        &self,
+        write: redis::Cmd,
+        key: &str,
+    ) -> Result<(T, i64), BusError> {
+        let mut conn = self.conn.clone();
+        let wanted = self.replicas.wanted_for(key);
+        if wanted == 0 {
+            let value: T = write.query_async(&mut conn).await?;
+            return Ok((value, 0));
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(write)
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(self.replicas.timeout.as_millis() as u64);
+        let (value, acked): (T, i64) = pipe.query_async(&mut conn).await?;
+        self.replicas.record(key, acked, wanted);
+        Ok((value, acked))
+    }
+
+    /// After a write to `key`'s slot made by one script call: waits for the configured replicas there.
+    pub(in crate::bus) async fn wait_after(&self, key: &str) -> Result<(), BusError> {
+        let wanted = self.replicas.wanted_for(key);
+        if wanted == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let acked = conn.wait_on(key, wanted, self.replicas.timeout).await?;
+        self.replicas.record(key, acked, wanted);
+        Ok(())
+    }
+
+    /// [`RedisBus::write_and_wait`] of an `EVALSHA` of `script`: loads the script once and runs the
+    /// write again if Redis does not know it yet (a script call that must also `WAIT` in the same round
+    /// trip cannot go through `Script::invoke_async`).
+    pub(in crate::bus) async fn eval_and_wait<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        evalsha: redis::Cmd,
+        key: &str,
+    ) -> Result<(T, i64), BusError> {
+        match self.write_and_wait::<T>(evalsha.clone(), key).await {
+            Err(BusError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut conn = self.conn.clone();
+                script.prepare_invoke().load_async(&mut conn).await?;
+                self.write_and_wait::<T>(evalsha, key).await
+            }
+            other => other,
         }
     }
 }

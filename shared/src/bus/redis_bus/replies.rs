@@ -9,7 +9,7 @@ use redis::Value;
 use crate::bus::{BusError, BusEvent, JoinOutcome, SessionSnapshot};
 
 /// The `seq` of an event log entry: its stream id is `<seq>-0`.
-pub(super) fn seq_of_entry(id: &str) -> Option<u64> {
+pub(in crate::bus) fn seq_of_entry(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
 
@@ -25,7 +25,7 @@ pub(super) fn field_bytes<'a>(
 }
 
 /// An event log entry as a [`BusEvent`].
-pub(super) fn event_of_entry(entry: &StreamId) -> Result<BusEvent, BusError> {
+pub(in crate::bus) fn event_of_entry(entry: &StreamId) -> Result<BusEvent, BusError> {
     let seq = seq_of_entry(&entry.id)
         .ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
     let terminal = field_bytes(&entry.map, "t") == Some(b"1");
@@ -42,7 +42,7 @@ pub(super) fn event_of_entry(entry: &StreamId) -> Result<BusEvent, BusError> {
 
 /// Reads the join script's reply: `{0}` (full) or
 /// `{1, seq, participants, text, version, author, cursors (flat pairs), chat}`.
-pub(super) fn parse_join(reply: Value) -> Result<JoinOutcome, BusError> {
+pub(in crate::bus) fn parse_join(reply: Value) -> Result<JoinOutcome, BusError> {
     let bad = |what: &str| BusError::Malformed(format!("session join reply: {what}"));
     let Value::Array(items) = reply else {
         return Err(bad("not an array"));

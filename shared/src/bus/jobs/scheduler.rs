@@ -1,4 +1,4 @@
-//! The job queue, scheduled fairly between users. Every key is in the `{jobs}` slot
+//! The job queue on Redis, scheduled fairly between users. Every key is in the `{jobs}` slot
 //! (`Keys::scheduler_keys`), so each step is one script on one slot, on one Redis or a cluster:
 //! - `job_enqueue.lua`: the job's body goes to the job stream (`<prefix>:{jobs}`, entry id = job id),
 //!   its id to the end of its owner's waiting queue; one idle worker is woken (`wake` list).
@@ -20,14 +20,33 @@
 //! again; a lost token costs at most that. The stream stays the record of queued jobs (a job lost from
 //! it in a failover is found by `end_if_orphaned`; one whose body vanished is dropped at take time).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::conn::Conn;
-use super::RedisBus;
-use crate::bus::{BusError, Delivery, Job, QueueStats, Taker};
+use redis::Script;
+
+use super::{Delivery, Job, QueueStats, Taker};
+use crate::bus::redis_bus::conn::Conn;
+use crate::bus::{BusError, RedisBus};
 
 /// Users with waiting jobs one take (or position) looks at: the oldest heads first.
 const SCAN_USERS: usize = 1000;
+
+/// The job scripts share `jobs_lib.lua` (functions, no KEYS of their own), prepended to each.
+fn job_script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("jobs_lib.lua")))
+}
+
+static JOB_ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("job_enqueue.lua")));
+static JOB_TAKE: LazyLock<Script> = LazyLock::new(|| job_script(include_str!("job_take.lua")));
+static JOB_ACK: LazyLock<Script> = LazyLock::new(|| job_script(include_str!("job_ack.lua")));
+static JOB_RECLAIM: LazyLock<Script> =
+    LazyLock::new(|| job_script(include_str!("job_reclaim.lua")));
+static JOB_KEEP_ALIVE: LazyLock<Script> =
+    LazyLock::new(|| job_script(include_str!("job_keep_alive.lua")));
+static JOB_POSITION: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("job_position.lua")));
 
 impl RedisBus {
     /// The connection for blocking reads, made on first use and after a failure.
@@ -49,38 +68,26 @@ impl RedisBus {
         invocation
     }
 
-    /// The enqueue's queue step (see `executions.rs`): returns the job id.
+    /// The enqueue's queue step (see `redis.rs`): returns the job id.
     pub(super) async fn push_job(&self, job: &Job) -> Result<String, BusError> {
         let body = serde_json::to_string(job).map_err(|e| BusError::Malformed(e.to_string()))?;
-        let script = &self.scripts.job_enqueue;
+        let script = &*JOB_ENQUEUE;
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(script.get_hash()).arg(9);
         for key in self.keys.scheduler_keys() {
             evalsha.arg(key);
         }
         evalsha.arg(&job.owner).arg(body);
-        match self
-            .write_and_wait::<String>(evalsha.clone(), &self.keys.jobs())
-            .await
-        {
-            Err(BusError::Redis(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                let mut conn = self.conn.clone();
-                script.prepare_invoke().load_async(&mut conn).await?;
-                Ok(self
-                    .write_and_wait::<String>(evalsha, &self.keys.jobs())
-                    .await?
-                    .0)
-            }
-            other => Ok(other?.0),
-        }
+        Ok(self
+            .eval_and_wait::<String>(script, evalsha, &self.keys.jobs())
+            .await?
+            .0)
     }
 
     async fn take(&self, taker: &Taker<'_>) -> Result<Option<Delivery>, BusError> {
         let mut conn = self.conn.clone();
         let taken: Option<(String, Vec<u8>, u32)> = self
-            .scheduler_script(&self.scripts.job_take)
+            .scheduler_script(&JOB_TAKE)
             .arg(taker.consumer)
             .arg(taker.concurrency.max(1))
             .arg(taker.live_for.as_millis() as u64)
@@ -134,7 +141,7 @@ impl RedisBus {
     async fn ack_id(&self, id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .scheduler_script(&self.scripts.job_ack)
+            .scheduler_script(&JOB_ACK)
             .arg(id)
             .invoke_async(&mut conn)
             .await?;
@@ -153,7 +160,7 @@ impl RedisBus {
     ) -> Result<Vec<Delivery>, BusError> {
         let mut conn = self.conn.clone();
         let claimed: Vec<(String, Vec<u8>)> = self
-            .scheduler_script(&self.scripts.job_reclaim)
+            .scheduler_script(&JOB_RECLAIM)
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg(count.max(1))
@@ -216,7 +223,7 @@ impl RedisBus {
             return Ok(None);
         };
         let position: i64 = self
-            .scheduler_script(&self.scripts.job_position)
+            .scheduler_script(&JOB_POSITION)
             .arg(owner)
             .arg(job)
             .arg(SCAN_USERS)
@@ -232,7 +239,7 @@ impl RedisBus {
     ) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .scheduler_script(&self.scripts.job_keep_alive)
+            .scheduler_script(&JOB_KEEP_ALIVE)
             .arg(consumer)
             .arg(delivery_ids)
             .invoke_async(&mut conn)

@@ -1,5 +1,5 @@
 //! The fair scheduler's choice, in one process (the memory bus's queue); `job_take.lua` and
-//! `job_position.lua` make the same choice on Redis (see `redis_bus/jobs.rs` for the rules).
+//! `job_position.lua` make the same choice on Redis (see `scheduler.rs` for the rules).
 //!
 //! Invariants: a user is in `waiting` only with at least one job; `running` counts the jobs taken and
 //! not acknowledged, per user (a user with none has no entry); every taken job is in `claimed`.

@@ -1,4 +1,4 @@
--- A worker with a free slot takes the next job, chosen by user, not FIFO (see `jobs.rs`):
+-- A worker with a free slot takes the next job, chosen by user, not FIFO (see `scheduler.rs`):
 -- 1. the worker registers its slots; workers not seen for the ttl drop out of the total;
 -- 2. among users with waiting jobs (oldest head first), one may take a slot if it has nothing running,
 --    or if more than `reserved` slots are free;

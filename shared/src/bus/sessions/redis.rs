@@ -16,11 +16,43 @@
 //! have seen its event live, and the promoted replica's counter numbers the next event the same: see the
 //! README's failover limits.
 
-use redis::{ScriptInvocation, Value};
+use std::sync::LazyLock;
 
-use super::replies::parse_join;
-use super::RedisBus;
-use crate::bus::{BusError, JoinOutcome, JoinRequest, UpdateOutcome};
+use async_trait::async_trait;
+use redis::{Script, ScriptInvocation, Value};
+
+use super::{JoinOutcome, JoinRequest, SessionState, UpdateOutcome};
+use crate::bus::redis_bus::replies::parse_join;
+use crate::bus::{BusError, RedisBus};
+
+/// The session scripts share `session_lib.lua` (a function, no KEYS of its own), prepended to each.
+fn session_script(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("session_lib.lua")))
+}
+
+static SESSION_JOIN: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_join.lua")));
+static SESSION_LEAVE: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_leave.lua")));
+static SESSION_UPDATE_QUERY: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_update_query.lua")));
+static SESSION_CURSOR: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_cursor.lua")));
+static SESSION_CHAT: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_chat.lua")));
+static SESSION_APPEND: LazyLock<Script> =
+    LazyLock::new(|| session_script(include_str!("session_append.lua")));
+
+/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
+#[cfg(test)]
+pub(in crate::bus) const SOURCES: &[&str] = &[
+    include_str!("session_join.lua"),
+    include_str!("session_leave.lua"),
+    include_str!("session_update_query.lua"),
+    include_str!("session_cursor.lua"),
+    include_str!("session_chat.lua"),
+    include_str!("session_append.lua"),
+];
 
 impl RedisBus {
     /// Starts a session script invocation: the session's keys, then the common ARGV (log cap, TTL).
@@ -57,13 +89,16 @@ impl RedisBus {
             .await?;
         Ok(())
     }
+}
 
-    pub(super) async fn join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
+#[async_trait]
+impl SessionState for RedisBus {
+    async fn session_join(&self, r: JoinRequest<'_>) -> Result<JoinOutcome, BusError> {
         self.node_entry(true, r.node_id, r.session_id, r.participant_id)
             .await?;
         let mut conn = self.conn.clone();
         let reply: Value = self
-            .session_call(&self.scripts.session_join, r.session_id)
+            .session_call(&SESSION_JOIN, r.session_id)
             .arg(r.participant_id)
             .arg(r.participant)
             .arg(r.max_participants)
@@ -86,7 +121,7 @@ impl RedisBus {
         Ok(outcome)
     }
 
-    pub(super) async fn leave(
+    async fn session_leave(
         &self,
         session_id: &str,
         participant_id: &str,
@@ -95,7 +130,7 @@ impl RedisBus {
     ) -> Result<Option<u64>, BusError> {
         let mut conn = self.conn.clone();
         let seq: u64 = self
-            .session_call(&self.scripts.session_leave, session_id)
+            .session_call(&SESSION_LEAVE, session_id)
             .arg(participant_id)
             .arg(left_frame)
             .invoke_async(&mut conn)
@@ -107,7 +142,7 @@ impl RedisBus {
         Ok((seq > 0).then_some(seq))
     }
 
-    pub(super) async fn update_query(
+    async fn session_update_query(
         &self,
         session_id: &str,
         author_id: &str,
@@ -117,7 +152,7 @@ impl RedisBus {
     ) -> Result<UpdateOutcome, BusError> {
         let mut conn = self.conn.clone();
         let (applied, version, third): (i64, u64, Value) = self
-            .session_call(&self.scripts.session_update_query, session_id)
+            .session_call(&SESSION_UPDATE_QUERY, session_id)
             .arg(text)
             .arg(author_id)
             .arg(base_version.map(|v| v.to_string()).unwrap_or_default())
@@ -140,7 +175,7 @@ impl RedisBus {
         })
     }
 
-    pub(super) async fn cursor(
+    async fn session_cursor(
         &self,
         session_id: &str,
         participant_id: &str,
@@ -149,7 +184,7 @@ impl RedisBus {
     ) -> Result<u64, BusError> {
         let mut conn = self.conn.clone();
         let seq = self
-            .session_call(&self.scripts.session_cursor, session_id)
+            .session_call(&SESSION_CURSOR, session_id)
             .arg(participant_id)
             .arg(cursor)
             .arg(frame)
@@ -160,7 +195,7 @@ impl RedisBus {
         Ok(seq)
     }
 
-    pub(super) async fn chat(
+    async fn session_chat(
         &self,
         session_id: &str,
         message_id: &str,
@@ -169,7 +204,7 @@ impl RedisBus {
     ) -> Result<Option<u64>, BusError> {
         let mut conn = self.conn.clone();
         let seq: u64 = self
-            .session_call(&self.scripts.session_chat, session_id)
+            .session_call(&SESSION_CHAT, session_id)
             .key(self.keys.session_chat_id(session_id, message_id))
             .arg(entry)
             .arg(frame)
@@ -182,10 +217,10 @@ impl RedisBus {
         Ok((seq > 0).then_some(seq))
     }
 
-    pub(super) async fn append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
+    async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
         let mut conn = self.conn.clone();
         let seq = self
-            .session_call(&self.scripts.session_append, session_id)
+            .session_call(&SESSION_APPEND, session_id)
             .arg(frame)
             .invoke_async(&mut conn)
             .await?;

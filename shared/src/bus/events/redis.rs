@@ -1,23 +1,7 @@
-//! An execution's life on Redis, as per-slot steps: enqueue, event publishing, and the explicit end of
-//! executions whose job or events were lost.
-//!
-//! **Enqueue** spans three slots (user, execution, job queue), so it is four steps, each atomic:
-//! 1. `lease_acquire` (user slot): one of the owner's concurrent-query slots, with a lease deadline;
-//! 2. `exec_create` (execution slot): state `pending`, stamped with the server's time;
-//! 3. `job_enqueue` (queue slot, `jobs.rs`), then `WAIT` for replicas when configured;
-//! 4. `exec_enqueued` (execution slot): `pending` -> `queued`, recording the job's entry id.
-//!
-//! The client's `ack` is sent only after step 4. A crash (or an error) between two steps leaves:
-//! - after 1: a slot held with no execution: it expires with its lease (`C2S_USER_LEASE_SECS`), or is
-//!   given back at once when a later step fails with an error;
-//! - after 2: an execution `pending` with no job: nobody was acked, but an idempotent retry can name it.
-//!   Once it is older than `C2S_ENQUEUE_GRACE_MS`, a follower's check ends it with a terminal
-//!   `query_error` (`exec_orphaned`) and a worker never starts it (`try_start` marks it `lost`);
-//! - after 3: a job for a `pending` execution: a worker starts it while it is younger than the grace (the
-//!   normal case: the worker was faster than step 4), else skips it as above;
-//! - a job lost later (a failover that promoted a replica without it, a Redis that restarted empty):
-//!   the execution is `queued` with a recorded job id that is no longer in the queue; a follower's check
-//!   finds that and ends it with a terminal `query_error` `unavailable` — never silence.
+//! Event logs on Redis: an execution's state hash (its `seq`, `trimmed`, `owner`), its capped stream
+//! of events (entry id `<seq>-0`, what `resume` replays), its sharded live channel and its followers'
+//! positions share one hash tag, so each script below touches one slot. A session's log is read here
+//! too (written by `sessions/redis.rs`). Notices go on a classic, node-wide channel.
 //!
 //! **Events** (`exec_append`, execution slot): each is written only right after the previous seq, so a
 //! failover that lost events the worker had written is detected at the next write (`LOGLOST`): the worker
@@ -27,15 +11,42 @@
 //! script recognises one that had landed. With `C2S_REDIS_WAIT_REPLICAS` > 0 every write is followed by
 //! `WAIT` in the same round trip: an event the worker moved past is on a replica, so a single master
 //! failure loses at most the event in flight, which the retry writes again identically.
+//!
+//! **The end of an orphan** (`exec_orphaned`): an execution `pending` past the enqueue grace, or `queued`
+//! with a job the queue no longer has (see the crash analysis in `jobs/redis.rs`), gets a terminal
+//! `query_error` from the first follower that checks it, and its owner's slot back.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{RedisError, Value};
+use async_trait::async_trait;
+use redis::streams::StreamRangeReply;
+use redis::{RedisError, Script, Value};
 
-use super::RedisBus;
-use crate::bus::{BusError, BusEvent, Followers, Job};
+use super::{topic_fanout, BusEvent, EventLog, ExecutionInfo, Followers, Topic};
+use crate::bus::hub::{ChannelKind, Subscription};
+use crate::bus::redis_bus::replies::{event_of_entry, seq_of_entry};
+use crate::bus::{BusError, RedisBus};
 use crate::codes::QueryErrorCode;
 use crate::protocol::{QueryError, QueryErrorDetail, ServerFrame, ServerMessage};
+
+static EXEC_APPEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("exec_append.lua")));
+static EXEC_ORPHANED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("exec_orphaned.lua")));
+static EXEC_FOLLOWER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("exec_follower.lua")));
+static EXEC_FOLLOWERS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("exec_followers.lua")));
+
+/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
+#[cfg(test)]
+pub(in crate::bus) const SOURCES: &[&str] = &[
+    include_str!("exec_append.lua"),
+    include_str!("exec_orphaned.lua"),
+    include_str!("exec_follower.lua"),
+    include_str!("exec_followers.lua"),
+];
 
 /// What an append found.
 enum Appended {
@@ -45,137 +56,155 @@ enum Appended {
     LogLost(u64),
 }
 
-impl RedisBus {
-    pub(super) async fn enqueue_steps(
-        &self,
-        job: &Job,
-        max_per_user: usize,
-    ) -> Result<bool, BusError> {
+#[async_trait]
+impl EventLog for RedisBus {
+    async fn execution_info(&self, execution_id: &str) -> Result<Option<ExecutionInfo>, BusError> {
         let mut conn = self.conn.clone();
-        let leased: i64 = self
-            .scripts
-            .lease_acquire
-            .key(self.keys.user_running(&job.owner))
-            .arg(&job.execution_id)
-            .arg(max_per_user)
-            .arg(crate::now_ms())
-            .arg(self.settings.user_lease.as_millis() as u64)
-            .invoke_async(&mut conn)
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<u64>,
+            Option<u64>,
+        );
+        let (state, owner, session, seq, trimmed): Fields = redis::cmd("HMGET")
+            .arg(self.keys.execution(execution_id))
+            .arg("state")
+            .arg("owner")
+            .arg("session")
+            .arg("seq")
+            .arg("trimmed")
+            .query_async(&mut conn)
             .await?;
-        if leased == 0 {
-            return Ok(false);
-        }
-        if let Err(e) = self.enqueue_after_lease(job).await {
-            // Give the slot back, and make sure a job that did reach the queue is never run.
-            let _ = self.release_lease(&job.owner, &job.execution_id).await;
-            let _ = self.cancel_state(&job.execution_id).await;
-            return Err(e);
-        }
-        Ok(true)
+        Ok(state.map(|state| ExecutionInfo {
+            owner: owner.unwrap_or_default(),
+            state,
+            session_id: session.filter(|s| !s.is_empty()),
+            seq: seq.unwrap_or(0),
+            trimmed: trimmed.unwrap_or(0),
+        }))
     }
 
-    async fn enqueue_after_lease(&self, job: &Job) -> Result<(), BusError> {
+    async fn read_events(
+        &self,
+        topic: &Topic,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<BusEvent>, BusError> {
         let mut conn = self.conn.clone();
-        let state_key = self.keys.execution(&job.execution_id);
-        let created: i64 = self
-            .scripts
-            .exec_create
-            .key(&state_key)
-            .arg(&job.owner)
-            .arg(job.session_id.as_deref().unwrap_or_default())
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.topic_events(topic))
+            .arg(format!("{}-0", after_seq + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await?;
+        reply.ids.iter().map(event_of_entry).collect()
+    }
+
+    async fn subscribe(&self, topic: &Topic) -> Result<Subscription, BusError> {
+        self.hub
+            .subscribe_bounded(
+                &self.keys.topic_channel(topic),
+                ChannelKind::Sharded,
+                topic_fanout(topic, &self.settings),
+            )
+            .await
+    }
+
+    async fn last_seq(&self, topic: &Topic) -> Result<u64, BusError> {
+        let mut conn = self.conn.clone();
+        if let Topic::Execution(id) = topic {
+            // The execution's own record of its last seq (its log may have lost entries in a failover).
+            let seq: Option<u64> = redis::cmd("HGET")
+                .arg(self.keys.execution(id))
+                .arg("seq")
+                .query_async(&mut conn)
+                .await?;
+            return Ok(seq.unwrap_or(0));
+        }
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.keys.topic_events(topic))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .ids
+            .first()
+            .and_then(|e| seq_of_entry(&e.id))
+            .unwrap_or(0))
+    }
+
+    async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
+        self.publish(execution_id, event).await
+    }
+
+    async fn end_if_orphaned(&self, execution_id: &str) -> Result<bool, BusError> {
+        self.end_orphaned(execution_id).await
+    }
+
+    /// Records a follower's position (`exec_follower.lua`).
+    async fn follower_position(
+        &self,
+        execution_id: &str,
+        reader: &str,
+        taken: u64,
+        live_for: Duration,
+    ) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = EXEC_FOLLOWER
+            .key(self.keys.execution_followers(execution_id))
+            .key(self.keys.execution(execution_id))
+            .arg(reader)
+            .arg(taken)
+            .arg(live_for.as_millis() as u64)
             .arg(self.settings.event_ttl.as_secs())
             .invoke_async(&mut conn)
             .await?;
-        if created == 0 {
-            return Err(BusError::Malformed(format!(
-                "execution {} exists already",
-                job.execution_id
-            )));
-        }
-        let job_id = self.push_job(job).await?;
-        let before: String = self
-            .scripts
-            .exec_enqueued
-            .key(&state_key)
-            .arg(&job_id)
-            .invoke_async(&mut conn)
-            .await?;
-        match before.as_str() {
-            "lost" | "missing" => Err(BusError::Unavailable(format!(
-                "execution {} was lost while it was being enqueued",
-                job.execution_id
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// Runs a write to `key`'s slot, then (when configured, see `replicas.rs`) `WAIT`s for replicas in
-    /// the same round trip, on the same node. A shortfall does not fail the write: its master has it (a
-    /// failover meanwhile is detected by the checks described above).
-    pub(super) async fn write_and_wait<T: redis::FromRedisValue>(
-        &self,
-        write: redis::Cmd,
-        key: &str,
-    ) -> Result<(T, i64), BusError> {
-        let mut conn = self.conn.clone();
-        let wanted = self.replicas.wanted_for(key);
-        if wanted == 0 {
-            let value: T = write.query_async(&mut conn).await?;
-            return Ok((value, 0));
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(write)
-            .cmd("WAIT")
-            .arg(wanted)
-            .arg(self.replicas.timeout.as_millis() as u64);
-        let (value, acked): (T, i64) = pipe.query_async(&mut conn).await?;
-        self.replicas.record(key, acked, wanted);
-        Ok((value, acked))
-    }
-
-    /// After a write to `key`'s slot made by one script call: waits for the configured replicas there.
-    pub(super) async fn wait_after(&self, key: &str) -> Result<(), BusError> {
-        let wanted = self.replicas.wanted_for(key);
-        if wanted == 0 {
-            return Ok(());
-        }
-        let mut conn = self.conn.clone();
-        let acked = conn.wait_on(key, wanted, self.replicas.timeout).await?;
-        self.replicas.record(key, acked, wanted);
         Ok(())
     }
 
-    pub(super) async fn release_lease(
-        &self,
-        owner: &str,
-        execution_id: &str,
-    ) -> Result<(), BusError> {
+    /// The live followers and their lowest position, trimming the log below it (`exec_followers.lua`).
+    async fn followers(&self, execution_id: &str, trim_up_to: u64) -> Result<Followers, BusError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.user_running(owner))
-            .arg(execution_id)
+        let (live, lowest): (i64, i64) = EXEC_FOLLOWERS
+            .key(self.keys.execution_followers(execution_id))
+            .key(self.keys.execution_events(execution_id))
+            .key(self.keys.execution(execution_id))
+            .arg(trim_up_to)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(Followers {
+            live: usize::try_from(live).unwrap_or(0),
+            min_taken: u64::try_from(lowest).ok(),
+        })
+    }
+
+    async fn publish_notice(&self, frame: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.keys.notices())
+            .arg(frame)
             .query_async(&mut conn)
             .await?;
         Ok(())
     }
 
-    pub(super) async fn cancel_state(&self, execution_id: &str) -> Result<String, BusError> {
-        let mut conn = self.conn.clone();
-        Ok(self
-            .scripts
-            .cancel
-            .key(self.keys.execution(execution_id))
-            .invoke_async(&mut conn)
-            .await?)
+    async fn notices(&self) -> Result<Subscription, BusError> {
+        self.hub
+            .subscribe(&self.keys.notices(), ChannelKind::Classic)
+            .await
     }
+}
 
+impl RedisBus {
     /// Appends and publishes one event, retrying through a failover; ends the stream explicitly when the
     /// log lost events this writer had written. Frees the owner's slot after a terminal event.
-    pub(super) async fn publish(
-        &self,
-        execution_id: &str,
-        event: &BusEvent,
-    ) -> Result<(), BusError> {
+    async fn publish(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
         let deadline = tokio::time::Instant::now() + self.settings.publish_retry;
         let mut delay = Duration::from_millis(50);
         let appended = loop {
@@ -207,7 +236,7 @@ impl RedisBus {
         event: &BusEvent,
         force: bool,
     ) -> Result<Appended, RedisError> {
-        let script = &self.scripts.exec_append;
+        let script = &*EXEC_APPEND;
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
             .arg(script.get_hash())
@@ -224,20 +253,9 @@ impl RedisBus {
             .arg(u8::from(force))
             .arg(self.settings.finished_retention.as_secs().max(1));
         let state_key = self.keys.execution(execution_id);
-        let reply = match self
-            .write_and_wait::<(i64, String)>(evalsha.clone(), &state_key)
-            .await
-        {
-            Err(BusError::Redis(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-            {
-                let mut conn = self.conn.clone();
-                script.prepare_invoke().load_async(&mut conn).await?;
-                self.write_and_wait::<(i64, String)>(evalsha, &state_key)
-                    .await
-            }
-            other => other,
-        };
+        let reply = self
+            .eval_and_wait::<(i64, String)>(script, evalsha, &state_key)
+            .await;
         match reply {
             Ok(((_, owner), _)) => Ok(Appended::Yes(owner)),
             Err(BusError::Redis(e)) if e.code() == Some("LOGLOST") => Ok(Appended::LogLost(
@@ -282,53 +300,8 @@ impl RedisBus {
         ))
     }
 
-    /// Records a follower's position (`exec_follower.lua`).
-    pub(super) async fn record_follower(
-        &self,
-        execution_id: &str,
-        reader: &str,
-        taken: u64,
-        live_for: Duration,
-    ) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .exec_follower
-            .key(self.keys.execution_followers(execution_id))
-            .key(self.keys.execution(execution_id))
-            .arg(reader)
-            .arg(taken)
-            .arg(live_for.as_millis() as u64)
-            .arg(self.settings.event_ttl.as_secs())
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    /// The live followers and their lowest position, trimming the log below it (`exec_followers.lua`).
-    pub(super) async fn read_followers(
-        &self,
-        execution_id: &str,
-        trim_up_to: u64,
-    ) -> Result<Followers, BusError> {
-        let mut conn = self.conn.clone();
-        let (live, lowest): (i64, i64) = self
-            .scripts
-            .exec_followers
-            .key(self.keys.execution_followers(execution_id))
-            .key(self.keys.execution_events(execution_id))
-            .key(self.keys.execution(execution_id))
-            .arg(trim_up_to)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(Followers {
-            live: usize::try_from(live).unwrap_or(0),
-            min_taken: u64::try_from(lowest).ok(),
-        })
-    }
-
     /// Ends an execution whose job will never run (see the module doc); true if it did.
-    pub(super) async fn end_orphaned(&self, execution_id: &str) -> Result<bool, BusError> {
+    async fn end_orphaned(&self, execution_id: &str) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
         let state_key = self.keys.execution(execution_id);
         let (state, job): (Option<String>, Option<String>) = redis::cmd("HMGET")
@@ -358,9 +331,7 @@ impl RedisBus {
              query again"
         };
         let frame = ServerFrame::new(lost_error(execution_id, message.into())).to_text();
-        let seq: i64 = self
-            .scripts
-            .exec_orphaned
+        let seq: i64 = EXEC_ORPHANED
             .key(&state_key)
             .key(self.keys.execution_events(execution_id))
             .key(self.keys.execution_channel(execution_id))

@@ -1,0 +1,111 @@
+//! Presence on Redis: the node set (a sorted set, node id -> last beat by the Redis server's clock), each
+//! node's participant set (`<session id>\t<participant id>` members, written by `sessions/redis.rs`), and
+//! each user's socket leases (a sorted set scored by lease deadline, in the user's slot).
+//!
+//! Invariant: the node set and a node's participant set are two slots, so forgetting a node is two steps,
+//! participants first: a crash in between leaves the node listed, and the next reaper round forgets it
+//! again (never a participant set without its node, which no reaper would find).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::NodePresence;
+use crate::bus::{BusError, RedisBus};
+
+static NODE_BEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("node_beat.lua")));
+static NODES_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("nodes_dead.lua")));
+static CONN_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("conn_acquire.lua")));
+
+/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
+#[cfg(test)]
+pub(in crate::bus) const SOURCES: &[&str] = &[
+    include_str!("node_beat.lua"),
+    include_str!("nodes_dead.lua"),
+    include_str!("conn_acquire.lua"),
+];
+
+#[async_trait]
+impl NodePresence for RedisBus {
+    /// Scored by the Redis server's clock (`node_beat.lua`): the nodes' clocks may disagree.
+    async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = NODE_BEAT
+            .key(self.keys.nodes())
+            .arg(node_id)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_nodes(&self, ttl: Duration) -> Result<Vec<String>, BusError> {
+        let mut conn = self.conn.clone();
+        Ok(NODES_DEAD
+            .key(self.keys.nodes())
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?)
+    }
+
+    async fn node_participants(&self, node_id: &str) -> Result<Vec<(String, String)>, BusError> {
+        let mut conn = self.conn.clone();
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.node_participants(node_id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter_map(|m| {
+                m.split_once('\t')
+                    .map(|(s, p)| (s.to_owned(), p.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Two keys of two slots, so two steps: the node's participant set first (a crash after it leaves
+    /// the node in the set, and the next reaper round forgets it again).
+    async fn forget_node(&self, node_id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(self.keys.node_participants(node_id))
+            .query_async(&mut conn)
+            .await?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.nodes())
+            .arg(node_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn open_connection(
+        &self,
+        user: &str,
+        socket: &str,
+        max: usize,
+        lease: Duration,
+    ) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let open: i64 = CONN_ACQUIRE
+            .key(self.keys.user_connections(user))
+            .arg(socket)
+            .arg(max)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(open == 1)
+    }
+
+    async fn close_connection(&self, user: &str, socket: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.keys.user_connections(user))
+            .arg(socket)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
