@@ -16,37 +16,19 @@
 //! with a job the queue no longer has (see the crash analysis in `jobs/redis.rs`), gets a terminal
 //! `query_error` from the first follower that checks it, and its owner's slot back.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::StreamRangeReply;
-use redis::{RedisError, Script, Value};
+use redis::{RedisError, Value};
 
 use super::{topic_fanout, BusEvent, EventLog, ExecutionInfo, Followers, Topic};
 use crate::bus::hub::{ChannelKind, Subscription};
 use crate::bus::redis_bus::replies::{event_of_entry, seq_of_entry};
+use crate::bus::redis_bus::scripts::lua;
 use crate::bus::{BusError, RedisBus};
 use crate::codes::QueryErrorCode;
 use crate::protocol::{QueryError, QueryErrorDetail, ServerFrame, ServerMessage};
-
-static EXEC_APPEND: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_append.lua")));
-static EXEC_ORPHANED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_orphaned.lua")));
-static EXEC_FOLLOWER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_follower.lua")));
-static EXEC_FOLLOWERS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_followers.lua")));
-
-/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
-#[cfg(test)]
-pub(in crate::bus) const SOURCES: &[&str] = &[
-    include_str!("exec_append.lua"),
-    include_str!("exec_orphaned.lua"),
-    include_str!("exec_follower.lua"),
-    include_str!("exec_followers.lua"),
-];
 
 /// What an append found.
 enum Appended {
@@ -156,7 +138,7 @@ impl EventLog for RedisBus {
         live_for: Duration,
     ) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
-        let _: i64 = EXEC_FOLLOWER
+        let _: i64 = lua!("exec_follower.lua")
             .key(self.keys.execution_followers(execution_id))
             .key(self.keys.execution(execution_id))
             .arg(reader)
@@ -171,7 +153,7 @@ impl EventLog for RedisBus {
     /// The live followers and their lowest position, trimming the log below it (`exec_followers.lua`).
     async fn followers(&self, execution_id: &str, trim_up_to: u64) -> Result<Followers, BusError> {
         let mut conn = self.conn.clone();
-        let (live, lowest): (i64, i64) = EXEC_FOLLOWERS
+        let (live, lowest): (i64, i64) = lua!("exec_followers.lua")
             .key(self.keys.execution_followers(execution_id))
             .key(self.keys.execution_events(execution_id))
             .key(self.keys.execution(execution_id))
@@ -185,11 +167,7 @@ impl EventLog for RedisBus {
     }
 
     async fn publish_notice(&self, frame: &str) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(self.keys.notices())
-            .arg(frame)
-            .query_async(&mut conn)
+        self.command(redis::cmd("PUBLISH").arg(self.keys.notices()).arg(frame))
             .await?;
         Ok(())
     }
@@ -236,7 +214,7 @@ impl RedisBus {
         event: &BusEvent,
         force: bool,
     ) -> Result<Appended, RedisError> {
-        let script = &*EXEC_APPEND;
+        let script = lua!("exec_append.lua");
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha
             .arg(script.get_hash())
@@ -331,7 +309,7 @@ impl RedisBus {
              query again"
         };
         let frame = ServerFrame::new(lost_error(execution_id, message.into())).to_text();
-        let seq: i64 = EXEC_ORPHANED
+        let seq: i64 = lua!("exec_orphaned.lua")
             .key(&state_key)
             .key(self.keys.execution_events(execution_id))
             .key(self.keys.execution_channel(execution_id))

@@ -16,6 +16,20 @@ use crate::bus::hub::{ChannelKind, Subscription};
 use crate::bus::memory::Execution;
 use crate::bus::{BusError, MemoryBus};
 
+impl MemoryBus {
+    /// `queued` -> `running` (`try_start.lua` and `take_over.lua` on Redis): the state before, if the
+    /// execution exists.
+    fn start_queued(&self, execution_id: &str) -> Option<&'static str> {
+        let mut state = self.state();
+        let e = state.executions.get_mut(execution_id)?;
+        let before = e.state;
+        if before == "queued" {
+            e.state = "running";
+        }
+        Some(before)
+    }
+}
+
 #[async_trait]
 impl JobQueue for MemoryBus {
     async fn enqueue(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
@@ -139,14 +153,7 @@ impl JobQueue for MemoryBus {
     }
 
     async fn try_start(&self, execution_id: &str, _worker_id: &str) -> Result<bool, BusError> {
-        let mut state = self.state();
-        Ok(match state.executions.get_mut(execution_id) {
-            Some(e) if e.state == "queued" => {
-                e.state = "running";
-                true
-            }
-            _ => false,
-        })
+        Ok(self.start_queued(execution_id) == Some("queued"))
     }
 
     // One process: a worker cannot die without the whole bus; nothing is ever reclaimed.
@@ -168,13 +175,9 @@ impl JobQueue for MemoryBus {
     }
 
     async fn take_over(&self, execution_id: &str, _worker_id: &str) -> Result<TakeOver, BusError> {
-        let mut state = self.state();
-        Ok(match state.executions.get_mut(execution_id) {
-            Some(e) if e.state == "queued" => {
-                e.state = "running";
-                TakeOver::Start
-            }
-            Some(e) if e.state == "running" => TakeOver::Lost,
+        Ok(match self.start_queued(execution_id) {
+            Some("queued") => TakeOver::Start,
+            Some("running") => TakeOver::Lost,
             _ => TakeOver::Finished,
         })
     }

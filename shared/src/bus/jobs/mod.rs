@@ -16,9 +16,6 @@ mod memory;
 mod redis;
 mod scheduler;
 
-#[cfg(test)]
-pub(super) use redis::SOURCES;
-
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -25,42 +25,14 @@
 //! acknowledge it), so two workers never both start it; `cancel` moves a queued one to `cancelled`
 //! in the same slot, and tells a running one's worker on the node-wide cancel channel.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 
 use super::{CancelOutcome, Delivery, Job, JobQueue, QueueStats, TakeOver, Taker};
 use crate::bus::hub::{ChannelKind, Subscription};
+use crate::bus::redis_bus::scripts::lua;
 use crate::bus::{BusError, RedisBus};
-
-static LEASE_ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lease_acquire.lua")));
-static EXEC_CREATE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_create.lua")));
-static EXEC_ENQUEUED: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("exec_enqueued.lua")));
-static TRY_START: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("try_start.lua")));
-static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("take_over.lua")));
-static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("cancel.lua")));
-
-/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
-#[cfg(test)]
-pub(in crate::bus) const SOURCES: &[&str] = &[
-    include_str!("lease_acquire.lua"),
-    include_str!("exec_create.lua"),
-    include_str!("exec_enqueued.lua"),
-    include_str!("try_start.lua"),
-    include_str!("take_over.lua"),
-    include_str!("cancel.lua"),
-    include_str!("job_enqueue.lua"),
-    include_str!("job_take.lua"),
-    include_str!("job_ack.lua"),
-    include_str!("job_reclaim.lua"),
-    include_str!("job_keep_alive.lua"),
-    include_str!("job_position.lua"),
-];
 
 #[async_trait]
 impl JobQueue for RedisBus {
@@ -90,10 +62,7 @@ impl JobQueue for RedisBus {
     }
 
     async fn release_idempotency(&self, user: &str, client_id: &str) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.keys.idempotency(user, client_id))
-            .query_async(&mut conn)
+        self.command(redis::cmd("DEL").arg(self.keys.idempotency(user, client_id)))
             .await?;
         Ok(())
     }
@@ -106,12 +75,12 @@ impl JobQueue for RedisBus {
             "running" => {
                 // A separate step (the cancel channel is node-wide, not the execution's slot): if this
                 // is lost, the query runs to its end, and its client still gets a terminal event.
-                let mut conn = self.conn.clone();
-                let _: i64 = redis::cmd("PUBLISH")
-                    .arg(self.keys.cancel_channel())
-                    .arg(execution_id)
-                    .query_async(&mut conn)
-                    .await?;
+                self.command(
+                    redis::cmd("PUBLISH")
+                        .arg(self.keys.cancel_channel())
+                        .arg(execution_id),
+                )
+                .await?;
                 CancelOutcome::Running
             }
             _ => CancelOutcome::Finished,
@@ -140,7 +109,7 @@ impl JobQueue for RedisBus {
 
     async fn try_start(&self, execution_id: &str, worker_id: &str) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
-        let started: i64 = TRY_START
+        let started: i64 = lua!("try_start.lua")
             .key(self.keys.execution(execution_id))
             .arg(worker_id)
             .arg(self.settings.enqueue_grace.as_millis() as u64)
@@ -172,7 +141,7 @@ impl JobQueue for RedisBus {
 
     async fn take_over(&self, execution_id: &str, worker_id: &str) -> Result<TakeOver, BusError> {
         let mut conn = self.conn.clone();
-        let previous: String = TAKE_OVER
+        let previous: String = lua!("take_over.lua")
             .key(self.keys.execution(execution_id))
             .arg(worker_id)
             .invoke_async(&mut conn)
@@ -195,7 +164,7 @@ impl RedisBus {
     /// The enqueue, in the steps of the module doc.
     async fn enqueue_steps(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
-        let leased: i64 = LEASE_ACQUIRE
+        let leased: i64 = lua!("lease_acquire.lua")
             .key(self.keys.user_running(&job.owner))
             .arg(&job.execution_id)
             .arg(max_per_user)
@@ -219,7 +188,7 @@ impl RedisBus {
     async fn enqueue_after_lease(&self, job: &Job) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let state_key = self.keys.execution(&job.execution_id);
-        let created: i64 = EXEC_CREATE
+        let created: i64 = lua!("exec_create.lua")
             .key(&state_key)
             .arg(&job.owner)
             .arg(job.session_id.as_deref().unwrap_or_default())
@@ -233,7 +202,7 @@ impl RedisBus {
             )));
         }
         let job_id = self.push_job(job).await?;
-        let before: String = EXEC_ENQUEUED
+        let before: String = lua!("exec_enqueued.lua")
             .key(&state_key)
             .arg(&job_id)
             .invoke_async(&mut conn)
@@ -254,19 +223,19 @@ impl RedisBus {
         owner: &str,
         execution_id: &str,
     ) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.user_running(owner))
-            .arg(execution_id)
-            .query_async(&mut conn)
-            .await?;
+        self.command(
+            redis::cmd("ZREM")
+                .arg(self.keys.user_running(owner))
+                .arg(execution_id),
+        )
+        .await?;
         Ok(())
     }
 
     /// `cancel.lua`: the execution's state before (a queued one is now cancelled).
     async fn cancel_state(&self, execution_id: &str) -> Result<String, BusError> {
         let mut conn = self.conn.clone();
-        Ok(CANCEL
+        Ok(lua!("cancel.lua")
             .key(self.keys.execution(execution_id))
             .invoke_async(&mut conn)
             .await?)

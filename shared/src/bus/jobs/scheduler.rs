@@ -20,33 +20,15 @@
 //! again; a lost token costs at most that. The stream stays the record of queued jobs (a job lost from
 //! it in a failover is found by `end_if_orphaned`; one whose body vanished is dropped at take time).
 
-use std::sync::LazyLock;
 use std::time::Duration;
-
-use redis::Script;
 
 use super::{Delivery, Job, QueueStats, Taker};
 use crate::bus::redis_bus::conn::Conn;
+use crate::bus::redis_bus::scripts::lua;
 use crate::bus::{BusError, RedisBus};
 
 /// Users with waiting jobs one take (or position) looks at: the oldest heads first.
 const SCAN_USERS: usize = 1000;
-
-/// The job scripts share `jobs_lib.lua` (functions, no KEYS of their own), prepended to each.
-fn job_script(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("jobs_lib.lua")))
-}
-
-static JOB_ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("job_enqueue.lua")));
-static JOB_TAKE: LazyLock<Script> = LazyLock::new(|| job_script(include_str!("job_take.lua")));
-static JOB_ACK: LazyLock<Script> = LazyLock::new(|| job_script(include_str!("job_ack.lua")));
-static JOB_RECLAIM: LazyLock<Script> =
-    LazyLock::new(|| job_script(include_str!("job_reclaim.lua")));
-static JOB_KEEP_ALIVE: LazyLock<Script> =
-    LazyLock::new(|| job_script(include_str!("job_keep_alive.lua")));
-static JOB_POSITION: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("job_position.lua")));
 
 impl RedisBus {
     /// The connection for blocking reads, made on first use and after a failure.
@@ -71,7 +53,7 @@ impl RedisBus {
     /// The enqueue's queue step (see `redis.rs`): returns the job id.
     pub(super) async fn push_job(&self, job: &Job) -> Result<String, BusError> {
         let body = serde_json::to_string(job).map_err(|e| BusError::Malformed(e.to_string()))?;
-        let script = &*JOB_ENQUEUE;
+        let script = lua!("job_enqueue.lua");
         let mut evalsha = redis::cmd("EVALSHA");
         evalsha.arg(script.get_hash()).arg(9);
         for key in self.keys.scheduler_keys() {
@@ -87,7 +69,7 @@ impl RedisBus {
     async fn take(&self, taker: &Taker<'_>) -> Result<Option<Delivery>, BusError> {
         let mut conn = self.conn.clone();
         let taken: Option<(String, Vec<u8>, u32)> = self
-            .scheduler_script(&JOB_TAKE)
+            .scheduler_script(lua!("job_take.lua", with "jobs_lib.lua"))
             .arg(taker.consumer)
             .arg(taker.concurrency.max(1))
             .arg(taker.live_for.as_millis() as u64)
@@ -141,7 +123,7 @@ impl RedisBus {
     async fn ack_id(&self, id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .scheduler_script(&JOB_ACK)
+            .scheduler_script(lua!("job_ack.lua", with "jobs_lib.lua"))
             .arg(id)
             .invoke_async(&mut conn)
             .await?;
@@ -160,7 +142,7 @@ impl RedisBus {
     ) -> Result<Vec<Delivery>, BusError> {
         let mut conn = self.conn.clone();
         let claimed: Vec<(String, Vec<u8>)> = self
-            .scheduler_script(&JOB_RECLAIM)
+            .scheduler_script(lua!("job_reclaim.lua", with "jobs_lib.lua"))
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg(count.max(1))
@@ -223,7 +205,7 @@ impl RedisBus {
             return Ok(None);
         };
         let position: i64 = self
-            .scheduler_script(&JOB_POSITION)
+            .scheduler_script(lua!("job_position.lua"))
             .arg(owner)
             .arg(job)
             .arg(SCAN_USERS)
@@ -239,7 +221,7 @@ impl RedisBus {
     ) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = self
-            .scheduler_script(&JOB_KEEP_ALIVE)
+            .scheduler_script(lua!("job_keep_alive.lua", with "jobs_lib.lua"))
             .arg(consumer)
             .arg(delivery_ids)
             .invoke_async(&mut conn)

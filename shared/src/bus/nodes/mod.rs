@@ -13,9 +13,6 @@
 mod memory;
 mod redis;
 
-#[cfg(test)]
-pub(super) use redis::SOURCES;
-
 use std::time::Duration;
 
 use async_trait::async_trait;

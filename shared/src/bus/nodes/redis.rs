@@ -6,34 +6,20 @@
 //! participants first: a crash in between leaves the node listed, and the next reaper round forgets it
 //! again (never a participant set without its node, which no reaper would find).
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 
 use super::NodePresence;
+use crate::bus::redis_bus::scripts::lua;
 use crate::bus::{BusError, RedisBus};
-
-static NODE_BEAT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("node_beat.lua")));
-static NODES_DEAD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("nodes_dead.lua")));
-static CONN_ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("conn_acquire.lua")));
-
-/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
-#[cfg(test)]
-pub(in crate::bus) const SOURCES: &[&str] = &[
-    include_str!("node_beat.lua"),
-    include_str!("nodes_dead.lua"),
-    include_str!("conn_acquire.lua"),
-];
 
 #[async_trait]
 impl NodePresence for RedisBus {
     /// Scored by the Redis server's clock (`node_beat.lua`): the nodes' clocks may disagree.
     async fn node_heartbeat(&self, node_id: &str) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
-        let _: i64 = NODE_BEAT
+        let _: i64 = lua!("node_beat.lua")
             .key(self.keys.nodes())
             .arg(node_id)
             .invoke_async(&mut conn)
@@ -43,7 +29,7 @@ impl NodePresence for RedisBus {
 
     async fn dead_nodes(&self, ttl: Duration) -> Result<Vec<String>, BusError> {
         let mut conn = self.conn.clone();
-        Ok(NODES_DEAD
+        Ok(lua!("nodes_dead.lua")
             .key(self.keys.nodes())
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -68,15 +54,9 @@ impl NodePresence for RedisBus {
     /// Two keys of two slots, so two steps: the node's participant set first (a crash after it leaves
     /// the node in the set, and the next reaper round forgets it again).
     async fn forget_node(&self, node_id: &str) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("DEL")
-            .arg(self.keys.node_participants(node_id))
-            .query_async(&mut conn)
+        self.command(redis::cmd("DEL").arg(self.keys.node_participants(node_id)))
             .await?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.nodes())
-            .arg(node_id)
-            .query_async(&mut conn)
+        self.command(redis::cmd("ZREM").arg(self.keys.nodes()).arg(node_id))
             .await?;
         Ok(())
     }
@@ -89,7 +69,7 @@ impl NodePresence for RedisBus {
         lease: Duration,
     ) -> Result<bool, BusError> {
         let mut conn = self.conn.clone();
-        let open: i64 = CONN_ACQUIRE
+        let open: i64 = lua!("conn_acquire.lua")
             .key(self.keys.user_connections(user))
             .arg(socket)
             .arg(max)
@@ -100,12 +80,12 @@ impl NodePresence for RedisBus {
     }
 
     async fn close_connection(&self, user: &str, socket: &str) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.keys.user_connections(user))
-            .arg(socket)
-            .query_async(&mut conn)
-            .await?;
+        self.command(
+            redis::cmd("ZREM")
+                .arg(self.keys.user_connections(user))
+                .arg(socket),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ mod classic;
 pub(super) mod conn;
 mod replicas;
 pub(super) mod replies;
-mod scripts;
+pub(super) mod scripts;
 mod sharded;
 mod slots;
 
@@ -106,6 +106,13 @@ impl RedisBus {
         };
         tracing::info!(mode = %bus.endpoints.describe(), "bus: Redis ready");
         Ok(Arc::new(bus))
+    }
+
+    /// Runs one command whose integer reply (a count) is not needed.
+    pub(super) async fn command(&self, cmd: &redis::Cmd) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = cmd.query_async(&mut conn).await?;
+        Ok(())
     }
 }
 

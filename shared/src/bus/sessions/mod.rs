@@ -12,9 +12,6 @@
 mod memory;
 mod redis;
 
-#[cfg(test)]
-pub(super) use redis::SOURCES;
-
 use async_trait::async_trait;
 
 use super::BusError;

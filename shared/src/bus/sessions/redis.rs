@@ -16,43 +16,13 @@
 //! have seen its event live, and the promoted replica's counter numbers the next event the same: see the
 //! README's failover limits.
 
-use std::sync::LazyLock;
-
 use async_trait::async_trait;
-use redis::{Script, ScriptInvocation, Value};
+use redis::{ScriptInvocation, Value};
 
 use super::{JoinOutcome, JoinRequest, SessionState, UpdateOutcome};
 use crate::bus::redis_bus::replies::parse_join;
+use crate::bus::redis_bus::scripts::lua;
 use crate::bus::{BusError, RedisBus};
-
-/// The session scripts share `session_lib.lua` (a function, no KEYS of its own), prepended to each.
-fn session_script(body: &str) -> Script {
-    Script::new(&format!("{}\n{body}", include_str!("session_lib.lua")))
-}
-
-static SESSION_JOIN: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_join.lua")));
-static SESSION_LEAVE: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_leave.lua")));
-static SESSION_UPDATE_QUERY: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_update_query.lua")));
-static SESSION_CURSOR: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_cursor.lua")));
-static SESSION_CHAT: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_chat.lua")));
-static SESSION_APPEND: LazyLock<Script> =
-    LazyLock::new(|| session_script(include_str!("session_append.lua")));
-
-/// This concern's script files, for the checks every script passes (`redis_bus/scripts.rs`).
-#[cfg(test)]
-pub(in crate::bus) const SOURCES: &[&str] = &[
-    include_str!("session_join.lua"),
-    include_str!("session_leave.lua"),
-    include_str!("session_update_query.lua"),
-    include_str!("session_cursor.lua"),
-    include_str!("session_chat.lua"),
-    include_str!("session_append.lua"),
-];
 
 impl RedisBus {
     /// Starts a session script invocation: the session's keys, then the common ARGV (log cap, TTL).
@@ -81,12 +51,12 @@ impl RedisBus {
         session_id: &str,
         participant_id: &str,
     ) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd(if add { "SADD" } else { "SREM" })
-            .arg(self.keys.node_participants(node_id))
-            .arg(Self::node_member(session_id, participant_id))
-            .query_async(&mut conn)
-            .await?;
+        self.command(
+            redis::cmd(if add { "SADD" } else { "SREM" })
+                .arg(self.keys.node_participants(node_id))
+                .arg(Self::node_member(session_id, participant_id)),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -98,7 +68,10 @@ impl SessionState for RedisBus {
             .await?;
         let mut conn = self.conn.clone();
         let reply: Value = self
-            .session_call(&SESSION_JOIN, r.session_id)
+            .session_call(
+                lua!("session_join.lua", with "session_lib.lua"),
+                r.session_id,
+            )
             .arg(r.participant_id)
             .arg(r.participant)
             .arg(r.max_participants)
@@ -130,7 +103,10 @@ impl SessionState for RedisBus {
     ) -> Result<Option<u64>, BusError> {
         let mut conn = self.conn.clone();
         let seq: u64 = self
-            .session_call(&SESSION_LEAVE, session_id)
+            .session_call(
+                lua!("session_leave.lua", with "session_lib.lua"),
+                session_id,
+            )
             .arg(participant_id)
             .arg(left_frame)
             .invoke_async(&mut conn)
@@ -152,7 +128,10 @@ impl SessionState for RedisBus {
     ) -> Result<UpdateOutcome, BusError> {
         let mut conn = self.conn.clone();
         let (applied, version, third): (i64, u64, Value) = self
-            .session_call(&SESSION_UPDATE_QUERY, session_id)
+            .session_call(
+                lua!("session_update_query.lua", with "session_lib.lua"),
+                session_id,
+            )
             .arg(text)
             .arg(author_id)
             .arg(base_version.map(|v| v.to_string()).unwrap_or_default())
@@ -184,7 +163,10 @@ impl SessionState for RedisBus {
     ) -> Result<u64, BusError> {
         let mut conn = self.conn.clone();
         let seq = self
-            .session_call(&SESSION_CURSOR, session_id)
+            .session_call(
+                lua!("session_cursor.lua", with "session_lib.lua"),
+                session_id,
+            )
             .arg(participant_id)
             .arg(cursor)
             .arg(frame)
@@ -204,7 +186,7 @@ impl SessionState for RedisBus {
     ) -> Result<Option<u64>, BusError> {
         let mut conn = self.conn.clone();
         let seq: u64 = self
-            .session_call(&SESSION_CHAT, session_id)
+            .session_call(lua!("session_chat.lua", with "session_lib.lua"), session_id)
             .key(self.keys.session_chat_id(session_id, message_id))
             .arg(entry)
             .arg(frame)
@@ -220,7 +202,10 @@ impl SessionState for RedisBus {
     async fn session_append(&self, session_id: &str, frame: &str) -> Result<u64, BusError> {
         let mut conn = self.conn.clone();
         let seq = self
-            .session_call(&SESSION_APPEND, session_id)
+            .session_call(
+                lua!("session_append.lua", with "session_lib.lua"),
+                session_id,
+            )
             .arg(frame)
             .invoke_async(&mut conn)
             .await?;
