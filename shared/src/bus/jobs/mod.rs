@@ -43,7 +43,7 @@ pub struct Job {
     pub session_id: Option<String>,
 }
 
-/// A job handed to one worker; acknowledged with [`Bus::ack_job`] once its terminal event is published.
+/// A job handed to one worker; acknowledged with [`JobQueue::ack_job`] once its terminal event is published.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Redis stream entry id (or a local counter in the memory bus).

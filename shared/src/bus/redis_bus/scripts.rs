@@ -1,6 +1,7 @@
-//! The rules every Lua script of the bus keeps, and their check. The scripts are one file each, beside the
-//! `redis.rs` of their concern (`../jobs/`, `../events/`, `../sessions/`, `../nodes/`), which reads them
-//! with `include_str!` (a library file, `jobs_lib.lua` or `session_lib.lua`, prepended where it is used).
+//! The rules every Lua script of the bus keeps, their check, and [`lua!`], which builds a script at its
+//! call site. The scripts are one file each, beside the Rust of their concern (`../jobs/`, `../events/`,
+//! `../sessions/`, `../nodes/`); a library file (`jobs_lib.lua`, `session_lib.lua`) is prepended where
+//! a call names it.
 //!
 //! Invariants of every script: it names each `KEYS[i]` and `ARGV[i]` as a local at its top, receives
 //! every key it touches through KEYS (names from `keys.rs`; it never builds or parses one), and touches
