@@ -27,6 +27,16 @@ afterAll(async () => {
 
 const reconnect = { baseMs: 50, maxMs: 300 };
 
+/** A session of two: Ann on a fresh gateway A (to be killed; she reconnects to B), Bob on B. */
+async function annOnAOfTwoAndBobOnB(tag: string) {
+  const gwA = await startNetworked(prefix, ['--insecure-no-auth']);
+  const sid = `${tag}-${Date.now()}`;
+  const ann = new CollaborationSession({ url: [gwA.url, b.url], sessionId: sid, user: 'ann', name: 'Ann', WebSocket, reconnect });
+  const bob = new CollaborationSession({ url: b.url, sessionId: sid, user: 'bob', name: 'Bob', WebSocket });
+  await until(() => ann.state.participants.length === 2 && bob.state.participants.length === 2, 10_000, 'both joined');
+  return { gwA, ann, bob };
+}
+
 describe('failover between gateway nodes', () => {
   it('SIGKILL of the gateway mid-stream: resumed on the other node, every row exactly once', async () => {
     const gwA = await startNetworked(prefix, ['--insecure-no-auth', '--node-id', 'gw-a2']);
@@ -109,11 +119,7 @@ describe('failover between gateway nodes', () => {
   });
 
   it('a collaboration participant rejoins on the other node with afterSeq and gets what it missed, once', async () => {
-    const gwA = await startNetworked(prefix, ['--insecure-no-auth']);
-    const sid = `fo-${Date.now()}`;
-    const ann = new CollaborationSession({ url: [gwA.url, b.url], sessionId: sid, user: 'ann', name: 'Ann', WebSocket, reconnect });
-    const bob = new CollaborationSession({ url: b.url, sessionId: sid, user: 'bob', name: 'Bob', WebSocket });
-    await until(() => ann.state.participants.length === 2 && bob.state.participants.length === 2, 10_000, 'both joined');
+    const { gwA, ann, bob } = await annOnAOfTwoAndBobOnB('fo');
     const chats: string[] = [];
     ann.client.on('chat_message', (p) => chats.push(p.message.id));
     await bob.sendChat('before');
@@ -140,11 +146,7 @@ describe('failover between gateway nodes', () => {
   it('a rejoin on the other node takes over its own ghost at once: one participant_left (replaced), one participant_joined', async () => {
     // The rejoin presents its previous participantId: its entry is taken over at once (`replaced`), before
     // the dead node is reaped (`node_lost`, 2 s), and the reaper later finds nothing left to say.
-    const gwA = await startNetworked(prefix, ['--insecure-no-auth']);
-    const sid = `ghost-${Date.now()}`;
-    const ann = new CollaborationSession({ url: [gwA.url, b.url], sessionId: sid, user: 'ann', name: 'Ann', WebSocket, reconnect });
-    const bob = new CollaborationSession({ url: b.url, sessionId: sid, user: 'bob', name: 'Bob', WebSocket });
-    await until(() => ann.state.participants.length === 2 && bob.state.participants.length === 2, 10_000, 'both joined');
+    const { gwA, ann, bob } = await annOnAOfTwoAndBobOnB('ghost');
     const oldId = ann.state.participantId!;
     const left: { participantId: string; reason: string }[] = [];
     const joined: string[] = [];
