@@ -2,12 +2,10 @@
 //! the Origin allow-list (1008), token expiry and refresh mid-connection, executions only for their owner
 //! (or their session's participants), and a networked gateway that refuses to start without auth.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use base64::Engine as _;
-use common::*;
 use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -71,6 +69,7 @@ async fn connect_outcome(
 async fn bad_tokens_get_4001_and_good_ones_carry_the_identity() {
     let public_key = workspace_root().join("tests/fixtures/jwt/rs256-public.pem");
     let cluster = Cluster::builder("auth_tokens")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)
@@ -86,6 +85,7 @@ async fn bad_tokens_get_4001_and_good_ones_carry_the_identity() {
         .await;
     // A second gateway verifying RS256 with a public key.
     let rs_cluster = Cluster::builder("auth_tokens_rs")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)
@@ -247,6 +247,7 @@ async fn bad_tokens_get_4001_and_good_ones_carry_the_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_closes_with_4001_unless_refreshed() {
     let cluster = Cluster::builder("auth_expiry")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)
@@ -299,6 +300,7 @@ async fn expiry_closes_with_4001_unless_refreshed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origins_and_execution_ownership() {
     let cluster = Cluster::builder("auth_origin")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)
@@ -378,6 +380,7 @@ async fn a_networked_gateway_refuses_to_start_without_auth() {
 async fn jwks_keys_are_chosen_by_kid() {
     let jwks = workspace_root().join("tests/fixtures/jwt/jwks.json");
     let cluster = Cluster::builder("auth_jwks")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)

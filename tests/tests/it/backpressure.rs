@@ -7,16 +7,12 @@
 //! The tests measure Redis memory per execution (`MEMORY USAGE` of its keys), not the whole server's,
 //! so that the other tests of this binary running at the same time do not disturb the figures.
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use raw::vm_rss_kib;
+use crate::harness::raw::vm_rss_kib;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 /// The defaults these tests rely on (README, configuration).
@@ -143,6 +139,8 @@ async fn read(c: &mut Client, r: &mut Reading, until: Option<u64>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_rows_stay_within_the_window_and_a_paused_reader_loses_nothing() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("backpressure_window")
         .gateways(2)
         .workers(1)
@@ -219,6 +217,8 @@ async fn a_million_rows_stay_within_the_window_and_a_paused_reader_loses_nothing
 /// holds an oversized value once (as PostgreSQL sent it), the gateway and Redis none of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_values_never_reach_a_frame() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("backpressure_oversized")
         .gateways(1)
         .workers(1)
@@ -322,6 +322,8 @@ async fn oversized_values_never_reach_a_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_gone_for_less_than_the_grace_loses_nothing_and_no_follower_frees_the_stream() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("backpressure_grace")
         .gateways(2)
         .workers(1)
@@ -408,6 +410,8 @@ async fn a_follower_gone_for_less_than_the_grace_loses_nothing_and_no_follower_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_stream_still_ends_with_the_statement_timeout() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("backpressure_timeout")
         .gateways(1)
         .workers(1)
@@ -448,6 +452,8 @@ async fn a_paused_stream_still_ends_with_the_statement_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_execution_goes_at_its_slowest_participants_pace() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     // Ann, Bob and Carol are read by one test task; on a loaded box one of them may not be polled for
     // seconds while the others parse, which the default send timeout (5 s) would close with 1013. The
     // pace is what this test checks, not the slow-consumer close (overload.rs checks that).

@@ -2,11 +2,9 @@
 //! `loadgen fanout`, `loadgen connections` and `loadgen failover` against a real two-gateway cluster, each checking its own results (row counts, seq
 //! order, no lost chat message).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 async fn loadgen(args: &[&str]) -> String {
     let output = tokio::time::timeout(
@@ -30,6 +28,8 @@ async fn loadgen(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_scenarios_run() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("bench_smoke")
         .gateways(2)
         .workers(1)

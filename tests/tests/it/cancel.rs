@@ -1,11 +1,9 @@
 //! Cancelling stops the SQL on the database (not only the stream), and a queued job can be cancelled
 //! before any worker starts it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 both_redis_modes!(

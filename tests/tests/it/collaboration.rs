@@ -4,14 +4,12 @@
 //! limits, and the embedded (in-process bus) mode.
 //!
 //! Every received frame is validated against `/schema`, and every session event's `seq` is checked to
-//! continue the session's sequence without a gap (see `Collab` in common/mod.rs).
-
-mod common;
+//! continue the session's sequence without a gap (see `Collab` in harness/collab.rs).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

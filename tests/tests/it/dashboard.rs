@@ -1,11 +1,9 @@
 //! The Grafana dashboard in deploy/ must chart metrics that really exist: every metric name its
 //! queries use appears in a real /metrics scrape of a gateway and a worker.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::harness::*;
 
 /// Metric names (`c2s_…`) in a text, with the histogram series suffixes removed.
 fn metric_names(text: &str) -> BTreeSet<String> {

@@ -1,12 +1,10 @@
 //! `/ws/data`: a client on another node subscribes to an execution started elsewhere and receives its whole
 //! stream; plus the HTTP endpoints and the `/schema` document itself.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 both_redis_modes!(

@@ -3,14 +3,12 @@
 //! every C2S_* variable against the binaries' real `--help`, every mounted file for existence and
 //! consistency with the services, and the load balancer's nginx configuration with `nginx -t`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::deploy::{deploy_path, venv_tool, ConfigSurface};
-use common::workspace_root;
+use crate::harness::deploy::{deploy_path, venv_tool, ConfigSurface};
+use crate::harness::workspace_root;
 use serde_yaml_ng::Value as Yaml;
 
 const GATEWAY_DOCKERFILE: &str = "deploy/docker/Dockerfile.gateway";
@@ -1056,7 +1054,7 @@ fn mounted_files_exist_and_match_the_services() {
 /// demo tables and passes the worker's privilege check (a worker on it starts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_init_scripts_give_the_workers_a_role_that_reads_the_demo_tables() {
-    let db = common::TestDb::create().await;
+    let db = crate::harness::TestDb::create().await;
     let mut admin = db.connect().await;
     for script in [
         "deploy/postgres/demo.sql",
@@ -1067,7 +1065,7 @@ async fn the_init_scripts_give_the_workers_a_role_that_reads_the_demo_tables() {
             .await
             .unwrap_or_else(|e| panic!("{script}: {e}"));
     }
-    let mut reader = common::pg_connect(&db.reader_url).await;
+    let mut reader = crate::harness::pg_connect(&db.reader_url).await;
     for table in ["customers", "products", "orders"] {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&mut reader)
@@ -1075,7 +1073,7 @@ async fn the_init_scripts_give_the_workers_a_role_that_reads_the_demo_tables() {
             .unwrap_or_else(|e| panic!("the reader cannot read {table}: {e}"));
         assert!(n > 0, "{table} is empty");
     }
-    let mut cluster = common::Cluster::builder("compose_reader_role")
+    let mut cluster = crate::harness::Cluster::builder("compose_reader_role")
         .gateways(0)
         .workers(0)
         .start()

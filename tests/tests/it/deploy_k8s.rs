@@ -11,16 +11,14 @@
 //! The checks are functions returning problems, and `the_checks_catch_broken_manifests` breaks a copy of
 //! the render in each way to prove they can fail.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use common::deploy::{deploy_path, venv_tool, ConfigSurface};
-use common::{free_port, http_get, target_dir, Cluster};
+use crate::harness::deploy::{deploy_path, venv_tool, ConfigSurface};
+use crate::harness::{free_port, http_get, target_dir, Cluster};
 use serde_json::{json, Value};
 
 const NAMESPACE: &str = "chat2sql";

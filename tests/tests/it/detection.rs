@@ -5,19 +5,12 @@
 //!
 //! The tests of this file run one at a time (they measure timings).
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::time::Duration;
 
-use common::*;
-use raw::*;
+use crate::harness::raw::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-
-/// The tests of this file run one after the other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Wide rows, one every 40 ms for about 10 s: the surviving worker is busy encoding and publishing
 /// the whole time the other one is being declared dead.
@@ -50,7 +43,7 @@ both_redis_modes!(
 );
 
 async fn a_killed_busy_worker_is_noticed_within_seconds_body(mode: RedisMode) {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_worker_kill")
         .redis(mode)
         .gateways(1)
@@ -149,7 +142,7 @@ both_redis_modes!(
 );
 
 async fn a_killed_gateways_participants_leave_within_seconds_body(mode: RedisMode) {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_gateway_kill")
         .redis(mode)
         .gateways(2)
@@ -202,7 +195,7 @@ async fn a_killed_gateways_participants_leave_within_seconds_body(mode: RedisMod
 /// before it exits, so nobody waits for its presence to expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_stopped_cleanly_leaves_the_node_set_at_once() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_gateway_stop")
         .gateways(2)
         .workers(0)
@@ -277,7 +270,7 @@ both_redis_modes!(
 /// at once, presenting her previous participant id: she is let in (her ghost does not count), Bob gets
 /// one `participant_left` (`replaced`) then her `participant_joined`, and no `node_lost` later.
 async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode: RedisMode) {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_ghost_takeover")
         .redis(mode)
         .gateways(2)
@@ -351,7 +344,7 @@ async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode
 /// node); the ghost leaves once, `node_lost`, when the dead node is reaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejoin_with_after_seq_is_not_refused_because_of_its_ghost() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_ghost_cap")
         .gateways(2)
         .workers(0)
@@ -434,7 +427,7 @@ async fn first_query_completes(c: &mut Client, within: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_redis_serves_the_next_query_within_seconds() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut redis = RedisServer::start(
         &target_dir()
             .join("test-logs")

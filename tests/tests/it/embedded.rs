@@ -1,18 +1,12 @@
 //! `gateway --embedded`: one process, no Redis, no PostgreSQL: in-process bus and worker on the SQLite demo
 //! database.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_gateway_runs_queries_on_the_demo_database() {
-    let cluster = Cluster::builder("embedded")
-        .embedded()
-        .gateways(1)
-        .start()
-        .await;
+    let cluster = spawn_app("embedded").await;
     assert!(cluster.db.is_none() && cluster.workers.is_empty());
     let mut c = cluster.query_client(0).await;
 

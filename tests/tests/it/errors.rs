@@ -1,11 +1,9 @@
 //! Errors: SQL errors mapped to codes by SQLSTATE, malformed frames answered with `error` frames on a
 //! connection that stays usable, oversized frames closed with 1009, and idempotent client ids.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 /// Runs `query` and returns its `query_error.payload.error`, after checking the stream.
@@ -26,6 +24,7 @@ async fn expect_query_error(c: &mut Client, query: &str, options: Option<Value>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_errors_are_mapped_by_sqlstate() {
     let cluster = Cluster::builder("errors_sql")
+        .in_process()
         .gateways(1)
         .workers(1)
         .start()
@@ -163,6 +162,7 @@ async fn expect_frame_error(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_get_error_frames_and_the_connection_survives() {
     let cluster = Cluster::builder("errors_frames")
+        .in_process()
         .gateways(1)
         .workers(0)
         .start()
@@ -222,6 +222,7 @@ async fn malformed_frames_get_error_frames_and_the_connection_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_max_frame_bytes_closes_with_1009() {
     let cluster = Cluster::builder("errors_too_big")
+        .in_process()
         .gateways(1)
         .workers(0)
         .start()
@@ -257,6 +258,7 @@ both_redis_modes!(
 
 async fn a_repeated_client_id_is_acknowledged_but_not_run_again_body(mode: RedisMode) {
     let cluster = Cluster::builder("errors_idempotency")
+        .in_process()
         .redis(mode)
         .gateways(2)
         .workers(1)

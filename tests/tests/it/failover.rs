@@ -3,22 +3,15 @@
 //!
 //! The tests of this file run one at a time (they measure timings on a small machine).
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use raw::*;
+use crate::harness::raw::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-
-/// The tests of this file run one after the other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------------------
 // 1. SIGTERM drain
@@ -26,7 +19,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_1012_and_the_client_resumes_on_another_node() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("failover_drain")
         .gateways(2)
         .workers(1)
@@ -187,7 +180,7 @@ const KILL_QUERY: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_query_ends_with_worker_lost() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let mut cluster = Cluster::builder("failover_worker_kill")
         .gateways(1)
         .workers(2)
@@ -369,7 +362,7 @@ async fn execute_is_unavailable(c: &mut Client, tag: &str) -> (usize, Duration) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_recovers_without_restarting_the_nodes() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     // Declared before the cluster: dropped (killed) after it.
     let mut redis = RedisServer::start(
         &target_dir()
@@ -734,7 +727,7 @@ both_redis_modes!(
 );
 
 async fn gateway_killed_under_50_streams_every_client_resumes_on_the_other_body(mode: RedisMode) {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let test_start = Instant::now();
     let mut cluster = Cluster::builder("failover_suite")
         .redis(mode)

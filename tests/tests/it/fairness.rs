@@ -8,11 +8,9 @@
 //!
 //! Time bounds are generous; the figures are printed (`--nocapture`) and reported in the README.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 /// Reads `c` until `exec`'s `query_started`; returns the frames of `exec` before it.
@@ -52,6 +50,8 @@ both_redis_modes!(
 );
 
 async fn light_user_next_slot_body(mode: RedisMode) {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("fair_next_slot")
         .redis(mode)
         .gateways(2)
@@ -119,6 +119,8 @@ async fn light_user_next_slot_body(mode: RedisMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserved_slot_starts_a_light_users_query_at_once() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("fair_reserved")
         .gateways(1)
         .workers(1)
@@ -173,6 +175,8 @@ both_redis_modes!(
 );
 
 async fn connection_cap_body(mode: RedisMode) {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let lease = Duration::from_millis(1_500);
     let mut cluster = Cluster::builder("fair_conn_cap")
         .redis(mode)
@@ -250,6 +254,8 @@ async fn connection_cap_body(mode: RedisMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_frame_rate_holds_over_all_of_a_users_sockets() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let (per_sec, burst) = (5u64, 10u64);
     let cluster = Cluster::builder("fair_user_rate")
         .gateways(1)
@@ -316,6 +322,8 @@ async fn the_per_user_frame_rate_holds_over_all_of_a_users_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --ignored --nocapture"]
 async fn measure_light_user_wait_under_a_heavy_user() {
+    // Measures timing and load: not beside another heavy test (harness/lock.rs).
+    let _serial = exclusive().await;
     let extra = std::env::var("C2S_MEASURE_WORKER_ARGS").unwrap_or_default();
     let cluster = Cluster::builder("fair_measure")
         .gateways(2)

@@ -1,11 +1,9 @@
 //! Self-test of the harness's stream checker: it accepts a well-formed stream and rejects each kind of
 //! defect the cross-process tests rely on it to catch. No processes.
 
-mod common;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 const EXEC: &str = "e-1";
@@ -198,4 +196,25 @@ fn frame_comparison_detects_differences() {
         assert_same_frames("x", &good[1..], &good)
     }));
     assert!(r.is_err(), "a missing frame went unnoticed");
+}
+
+#[test]
+fn the_event_type_lists_are_server_message_types() {
+    use c2s_shared::protocol::SERVER_MESSAGE_TYPES;
+    for t in EVENT_TYPES
+        .iter()
+        .chain(TERMINAL_TYPES)
+        .chain(SESSION_EVENT_TYPES)
+    {
+        assert!(
+            SERVER_MESSAGE_TYPES.contains(t),
+            "{t} is not a server message type of c2s_shared::protocol"
+        );
+    }
+    for t in TERMINAL_TYPES {
+        assert!(
+            EVENT_TYPES.contains(t),
+            "{t} ends a stream it is not part of"
+        );
+    }
 }

@@ -6,11 +6,9 @@
 //! another user exactly as an id that never existed, on both nodes, with and without a session. And
 //! a worker on a privileged role refuses to start unless told.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 const SECRET: &str = "isolation-secret-51d0";

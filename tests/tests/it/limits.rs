@@ -1,15 +1,14 @@
 //! Limits: the row cap cuts a result and says so; a silent client is closed by the heartbeat.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_cap_truncates_and_reports_it() {
     let cluster = Cluster::builder("limits_row_cap")
+        .in_process()
         .gateways(1)
         .workers(1)
         .worker_args(["--max-rows", "25"])
@@ -65,6 +64,7 @@ async fn row_cap_truncates_and_reports_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_the_idle_timeout() {
     let cluster = Cluster::builder("limits_idle")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(false)
@@ -144,6 +144,7 @@ async fn silent_client_close_code(addr: std::net::SocketAddr) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_queries_per_user_are_capped_across_nodes() {
     let cluster = Cluster::builder("limits_per_user")
+        .in_process()
         .gateways(2)
         .workers(1)
         .gateway_args(["--max-queries-per-user", "2"])
@@ -187,6 +188,7 @@ async fn unfinished_queries_per_user_are_capped_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_cap_truncates_at_the_cap_never_past_it() {
     let cluster = Cluster::builder("limits_byte_cap")
+        .in_process()
         .gateways(1)
         .workers(1)
         .worker_args(["--max-result-bytes", "20000"])

@@ -3,13 +3,11 @@
 //! killed with SIGKILL, the client reconnects through the load balancer (nginx moves on to the surviving
 //! gateway), resumes, and gets every row exactly once; `down` stops every process.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 const PROCESSES: [&str; 5] = ["gateway-1", "gateway-2", "worker-1", "worker-2", "lb"];

@@ -12,15 +12,10 @@
 //! The live-link drop is `CLIENT KILL TYPE pubsub`, which cuts every subscriber of the shared Redis: the
 //! tests of this file run one at a time, and no other test binary runs meanwhile.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
-
-static SERIAL: Mutex<()> = Mutex::const_new(());
 
 async fn redis(cluster: &Cluster, cmd: &mut redis::Cmd) -> redis::Value {
     cluster
@@ -31,7 +26,7 @@ async fn redis(cluster: &Cluster, cmd: &mut redis::Cmd) -> redis::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_across_a_hole_in_the_log_ends_with_not_found_naming_it() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("log_hole")
         .gateways(1)
         .workers(1)
@@ -89,7 +84,7 @@ async fn a_resume_across_a_hole_in_the_log_ends_with_not_found_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_lost_under_a_running_worker_end_its_stream_explicitly() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("log_lost_while_writing")
         .gateways(1)
         .workers(1)
@@ -166,7 +161,7 @@ async fn events_lost_under_a_running_worker_end_its_stream_explicitly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_job_lost_from_the_queue_ends_with_an_explicit_error() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     // No worker: the job stays queued.
     let cluster = Cluster::builder("log_job_lost")
         .gateways(1)
@@ -211,7 +206,7 @@ async fn a_queued_job_lost_from_the_queue_ends_with_an_explicit_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("log_session_renumbered")
         .gateways(2)
         .workers(0)
@@ -278,7 +273,7 @@ async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_job_was_taken_over_is_fenced_off_by_the_terminal_event() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("log_fenced_worker")
         .gateways(1)
         .workers(1)

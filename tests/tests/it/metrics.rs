@@ -1,9 +1,7 @@
 //! `/metrics` on the gateway and on the worker: after a known workload the counters moved by exactly
 //! the expected amounts.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,10 @@
 //! `/ws/monitoring`: pong with the echoed timestamp, periodic node_status, and operator notices sent
 //! through the admin API reaching clients on every node.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -3,21 +3,14 @@
 //!
 //! The tests of this file run one at a time (the slow-consumer test measures latencies).
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use raw::*;
+use crate::harness::raw::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-
-/// The tests of this file run one after the other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------------------------------------------------
 // 5. Slow consumer
@@ -31,7 +24,7 @@ const RSS_BOUND_KIB: u64 = 300 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_1013_without_slowing_others() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("overload_slow_consumer")
         .gateways(1)
         .workers(1)
@@ -279,7 +272,7 @@ async fn connect_or_refused(cluster: &Cluster, ts: i64) -> Result<Client, Option
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_refuses_the_next_one_with_1013() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let cluster = Cluster::builder("overload_connection_cap")
         .gateways(1)
         .workers(0)
@@ -338,7 +331,7 @@ async fn connection_cap_refuses_the_next_one_with_1013() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_refuses_then_closes_1008_and_spares_a_calm_client() {
-    let _serial = SERIAL.lock().await;
+    let _serial = exclusive().await;
     let (per_sec, burst, max_refused) = (10, 20, 30);
     let cluster = Cluster::builder("overload_rate_limit")
         .gateways(1)

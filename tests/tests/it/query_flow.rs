@@ -1,12 +1,10 @@
 //! A 100 000-row query streamed through two gateways and one worker, and resumed on the other gateway,
 //! after the stream completed and while it is still streaming.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 
 const ROWS: u64 = 100_000;

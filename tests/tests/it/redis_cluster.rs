@@ -5,13 +5,10 @@
 //! it healthy again (`scripts/redis-cluster.sh up`).
 //! `cargo test -p c2s-tests --test redis_cluster -- --nocapture` prints the time-to-resume figures.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// 20 000 rows paced by the database (every 200th row sleeps 50 ms): about 5 s from the first chunk to the
@@ -19,9 +16,6 @@ use tokio::time::Instant;
 const QUERY: &str = "SELECT g AS n, md5(g::text) AS h FROM generate_series(1,20000) g \
      WHERE CASE WHEN g % 200 = 0 THEN pg_sleep(0.05) IS NOT NULL ELSE true END";
 const ROWS: u64 = 20_000;
-
-/// The tests share the local cluster and break it on purpose: one at a time.
-static CLUSTER_LOCK: Mutex<()> = Mutex::const_new(());
 
 /// What a client's stream ended with.
 #[derive(Debug, PartialEq)]
@@ -429,7 +423,8 @@ fn heal_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_mid_stream_under_20_clients_loses_nothing_silently() {
-    let _serial = CLUSTER_LOCK.lock().await;
+    // The tests share the local cluster and break it on purpose: one at a time, and no other test on it.
+    let _serial = break_redis_cluster().await;
     let cluster = cluster_on_redis_cluster("redis_cluster_master_kill").await;
     let streams = start_streams(&cluster, 20).await;
     // Kill the master of the job queue's slot: it also serves about a third of the executions.
@@ -477,7 +472,8 @@ async fn a_master_killed_mid_stream_under_20_clients_loses_nothing_silently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_manual_failover_while_streams_are_followed_delivers_every_row() {
-    let _serial = CLUSTER_LOCK.lock().await;
+    // The tests share the local cluster and break it on purpose: one at a time, and no other test on it.
+    let _serial = break_redis_cluster().await;
     heal_cluster();
     let cluster = cluster_on_redis_cluster("redis_cluster_manual_failover").await;
     let streams = start_streams(&cluster, 6).await;
@@ -540,7 +536,8 @@ async fn a_manual_failover_while_streams_are_followed_delivers_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_cluster_frozen_for_3_s_recovers_without_restarts() {
-    let _serial = CLUSTER_LOCK.lock().await;
+    // The tests share the local cluster and break it on purpose: one at a time, and no other test on it.
+    let _serial = break_redis_cluster().await;
     heal_cluster();
     let cluster = cluster_on_redis_cluster("redis_cluster_frozen").await;
     let streams = start_streams(&cluster, 6).await;

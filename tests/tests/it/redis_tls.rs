@@ -2,16 +2,12 @@
 //! openssl; `#insecure` in the URL skips its verification), with the same query, live stream and resume
 //! as on plain TCP. The same URL form serves each seed of a Redis Cluster.
 
-mod common;
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
-use raw::free_port;
+use crate::harness::raw::free_port;
+use crate::harness::*;
 use serde_json::json;
 use tokio::process::Command;
 use tokio::time::Instant;

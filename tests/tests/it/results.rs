@@ -3,11 +3,9 @@
 //! guide's progress bar can divide by (exact for small results, an estimate above the rows read for
 //! large ones), with progress that never goes down and stays below 100 until the end.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 const PANIC_VALUE: &str = "c2s-fault-panic";

@@ -2,9 +2,7 @@
 //! every write form is refused by PostgreSQL itself (read-only transaction or missing privilege), with
 //! the database unchanged afterwards.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 /// Runs `query`; returns its query_error detail (panics if it did not fail).
@@ -24,6 +22,7 @@ async fn refused(c: &mut Client, query: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_form_is_refused_by_the_database() {
     let cluster = Cluster::builder("sql_safety")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(true)

@@ -6,13 +6,11 @@
 //! sample ratio of 0 only the traces of a sampled client `traceparent` are exported; a full export
 //! queue is counted in `c2s_otel_spans_dropped_total`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;

@@ -11,12 +11,10 @@
 //! timestamps, and extension types (citext, hstore, ltree, PostGIS when installed). (Driver sessions run in UTC,
 //! the worker's as the test's; offsets other than +00 are unit-tested in `worker/src/pg_text.rs`.)
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::harness::*;
 use base64::Engine as _;
-use common::*;
 use serde_json::{json, Value};
 use sqlx::Row;
 
@@ -233,6 +231,7 @@ const EXTENSIONS: &[(&str, &[(&str, &str)])] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_value_matches_postgres_own_text() {
     let mut cluster = Cluster::builder("types_oracle")
+        .in_process()
         .gateways(1)
         .workers(0)
         .database(true)
@@ -657,6 +656,7 @@ async fn run(c: &mut Client, sql: &str, options: Value) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_that_cannot_be_cursors_still_run() {
     let cluster = Cluster::builder("types_statements")
+        .in_process()
         .gateways(1)
         .workers(1)
         .start()

@@ -3,9 +3,7 @@
 //! be), a server-frame parser, a lenient HTTP GET, `/metrics` scraping, RSS sampling, and a `redis-server`
 //! owned by a test (to stop and restart it).
 //!
-//! Declared from a test file with `#[path = "common/raw.rs"] mod raw;`; it does not depend on `common`.
-
-#![allow(dead_code)]
+//! Used as `crate::harness::raw`; it does not depend on the rest of the harness.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,7 +21,6 @@ use tokio::time::Instant;
 
 /// A WebSocket client speaking RFC 6455 by hand over a TCP socket. It reads only when told to.
 pub struct RawWs {
-    pub addr: SocketAddr,
     tcp: TcpStream,
     /// Bytes read after the upgrade response (server frames), not handed out yet.
     leftover: Vec<u8>,
@@ -78,11 +75,7 @@ impl RawWs {
             .await
             .unwrap_or_else(|_| panic!("raw upgrade of {path} on {addr} timed out"))
             .unwrap_or_else(|e| panic!("raw upgrade of {path} on {addr} failed: {e}"));
-        RawWs {
-            addr,
-            tcp,
-            leftover,
-        }
+        RawWs { tcp, leftover }
     }
 
     /// Sends one masked text frame (clients must mask, RFC 6455 §5.3).
@@ -335,10 +328,6 @@ impl RedisServer {
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// (Re)starts the server on the same port and waits until it answers PING (bounded).
