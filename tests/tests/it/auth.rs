@@ -336,7 +336,7 @@ async fn origins_and_execution_ownership() {
     assert_eq!(code, None);
 
     // Alice's execution (queued: no worker runs here) is hers: Bob may not follow it, and is told
-    // exactly what an id that never existed gets (tests/tests/isolation.rs walks every message).
+    // exactly what an id that never existed gets (tests/tests/it/isolation.rs walks every message).
     let mut alice = Client::connect(&url("alice"), Some(cluster.schema())).await;
     let exec = alice.execute("SELECT 1", None, Some("a1")).await;
     let mut bob = Client::connect(&url("bob"), Some(cluster.schema())).await;

@@ -3,7 +3,7 @@
 //! either gets every row exactly once, in order, or an explicit error — never a gap, a duplicate, or an
 //! endless wait. The tests change the shared local cluster, so they run one at a time, and each leaves
 //! it healthy again (`scripts/redis-cluster.sh up`).
-//! `cargo test -p c2s-tests --test redis_cluster -- --nocapture` prints the time-to-resume figures.
+//! `cargo test -p c2s-tests --test it redis_cluster:: -- --nocapture` prints the time-to-resume figures.
 
 use std::time::Duration;
 

@@ -41,7 +41,7 @@ pub struct Client {
     /// Every frame received so far (validated), in order.
     pub received: usize,
     /// `query_progress` step `queued` frames (the gateway's, without `seq`), set apart from the
-    /// numbered stream the other helpers check (tests/tests/fairness.rs reads them).
+    /// numbered stream the other helpers check (tests/tests/it/fairness.rs reads them).
     pub queue_positions: Vec<Value>,
 }
 

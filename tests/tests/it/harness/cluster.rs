@@ -225,7 +225,7 @@ impl Cluster {
             args.push("--insecure-no-auth".into());
         }
         // Most tests open all their sockets as one development user (`anonymous`) and kill nodes under
-        // them; the per-user connection cap is off unless a test sets it (tests/tests/fairness.rs does).
+        // them; the per-user connection cap is off unless a test sets it (tests/tests/it/fairness.rs does).
         if !args.iter().any(|a| a == "--max-connections-per-user") {
             args.extend(["--max-connections-per-user".into(), "0".into()]);
         }
