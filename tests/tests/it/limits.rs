@@ -143,8 +143,9 @@ async fn silent_client_close_code(addr: std::net::SocketAddr) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_queries_per_user_are_capped_across_nodes() {
+    // Processes: the slot is released when the worker acks the job, just after the terminal event, and a
+    // client of an in-process gateway can ask again inside that gap.
     let cluster = Cluster::builder("limits_per_user")
-        .in_process()
         .gateways(2)
         .workers(1)
         .gateway_args(["--max-queries-per-user", "2"])

@@ -12,6 +12,11 @@
 //! replicas (`scripts/redis-cluster.sh up`, started on first use by [`ensure_redis_cluster`]); the suites
 //! that matter run in both (`both_redis_modes!`).
 //!
+//! Modules, one per section: `env` (where the services are), `process` (binaries, [`Node`]), `app`
+//! (in-process gateways), `db` (per-test database and Redis prefix), `cluster`, `client`, `schema`,
+//! `frames` and `stream` (reading frames, stream invariants), `collab`, `http` (GET, `/metrics`), `lock`
+//! (which tests run beside which), and `raw` / `deploy` (the low-level and deployment helpers, used by path).
+//!
 //! Environment knobs (all optional): `C2S_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`),
 //! `C2S_TEST_REDIS_CLUSTER_URL` (seed list, default the local cluster's 127.0.0.1:7001-7003),
 //! `C2S_TEST_PG_URL` (server URL without database, default `postgres://postgres@127.0.0.1:5432`),
