@@ -9,8 +9,8 @@
 //! - a session event the follower saw is renumbered (another event takes its seq) and the follower's live
 //!   link drops: after resubscribing it ends with `error unavailable` instead of skipping the new event.
 //!
-//! The live-link drop is `CLIENT KILL TYPE pubsub`, which cuts every subscriber of the shared Redis: the
-//! tests of this file run one at a time, and no other test binary runs meanwhile.
+//! The live-link drop is `CLIENT KILL TYPE pubsub`, which cuts every subscriber of the shared Redis: that
+//! test runs alone (`harness::alone`), the others of this file one at a time (`harness::exclusive`).
 
 use std::time::Duration;
 
@@ -206,8 +206,10 @@ async fn a_queued_job_lost_from_the_queue_ends_with_an_explicit_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renumbered_session_event_ends_the_follower_instead_of_a_silent_skip() {
-    let _serial = exclusive().await;
+    // It cuts every subscriber of the shared Redis: no other test's cluster may be up.
+    let _alone = alone().await;
     let cluster = Cluster::builder("log_session_renumbered")
+        .alone()
         .gateways(2)
         .workers(0)
         .start()

@@ -20,9 +20,16 @@ pub struct ClusterBuilder {
     worker_args: Vec<String>,
     redis_mode: RedisMode,
     pub(super) in_process: bool,
+    alone: bool,
 }
 
 impl ClusterBuilder {
+    /// The test holds [`super::alone`]: this cluster does not wait for it (nor take a ticket).
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
+    }
+
     /// Runs the nodes on the single Redis (default) or the local Redis Cluster (started if needed).
     pub fn redis(mut self, mode: RedisMode) -> Self {
         if mode == RedisMode::Cluster && self.redis_mode != mode {
@@ -84,6 +91,11 @@ impl ClusterBuilder {
     async fn start_on(self, redis: Option<&str>) -> Cluster {
         // Build first (blocking, once per process), so a build failure is reported as such.
         let _ = binaries();
+        // Not while a test that cuts every Redis client runs (lock.rs).
+        let ticket = match self.alone {
+            true => None,
+            false => Some(cluster_ticket().await),
+        };
         let log_dir = target_dir().join("test-logs").join(&self.name);
         let _ = std::fs::remove_dir_all(&log_dir);
         std::fs::create_dir_all(&log_dir)
@@ -123,6 +135,7 @@ impl ClusterBuilder {
             next_gateway: 0,
             next_worker: 0,
             _redis_guard: redis_guard,
+            _ticket: ticket,
         };
         // Point the nodes at another Redis when asked.
         let retarget = |(name, mut args): (String, Vec<String>)| {
@@ -177,6 +190,8 @@ pub struct Cluster {
     next_gateway: usize,
     next_worker: usize,
     _redis_guard: Option<RedisPrefixGuard>,
+    /// Dropped last: the cluster is down (its keys removed) before a test that runs alone starts.
+    _ticket: Option<ClusterTicket>,
 }
 
 impl Cluster {
@@ -191,6 +206,7 @@ impl Cluster {
             worker_args: Vec::new(),
             redis_mode: RedisMode::Single,
             in_process: false,
+            alone: false,
         }
     }
 
