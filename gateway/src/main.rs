@@ -1,19 +1,11 @@
 //! `gateway`: the WebSocket server. See the README for the protocol and the configuration.
 
-mod app;
-mod auth;
-mod config;
-mod demo_page;
-mod http;
-mod per_user;
-mod presence;
-mod state;
-mod ws;
-
+use c2s_gateway::config::Cli;
+use c2s_gateway::Application;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let cli = config::Cli::parse();
+    let cli = Cli::parse();
     let _telemetry = c2s_shared::telemetry::init(&cli.log, "chat2sql-gateway");
     tracing::info!(config = ?cli, "starting gateway");
     // Every socket is a file descriptor: take the hard limit rather than the (often 1024) soft one.
@@ -21,5 +13,6 @@ fn main() -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(limit, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
-    app::run(cli)
+    let metrics = c2s_gateway::install_metrics(&cli)?;
+    Application::build(cli, metrics)?.run_until_stopped()
 }

@@ -29,8 +29,9 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogArgs, LogFormat};
 
-/// The spans exported by default: the project's own (gateway binary, worker, shared), at info.
-pub const DEFAULT_OTEL_FILTER: &str = "gateway=info,worker=info,c2s_worker=info,c2s_shared=info";
+/// The spans exported by default: the project's own (gateway and worker, binary and library, shared), at info.
+pub const DEFAULT_OTEL_FILTER: &str =
+    "gateway=info,c2s_gateway=info,worker=info,c2s_worker=info,c2s_shared=info";
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 static CHUNK_SPANS: AtomicBool = AtomicBool::new(false);

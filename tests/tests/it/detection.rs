@@ -1,0 +1,459 @@
+//! Failure detection in seconds (issue 19), with the default timings: a busy worker killed -9, a gateway
+//! killed -9 with a session across nodes, a gateway stopped cleanly, a rejoin taking over its ghost, and
+//! Redis killed and restarted. Each detection time is asserted under a generous bound (the small machine
+//! runs other suites beside); the measured figures are printed, and the README's failure table has them.
+//!
+//! The tests of this file run one at a time (they measure timings).
+
+use std::time::Duration;
+
+use crate::harness::raw::*;
+use crate::harness::*;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// Wide rows, one every 40 ms for about 10 s: the surviving worker is busy encoding and publishing
+/// the whole time the other one is being declared dead.
+const STREAMING_QUERY: &str = "SELECT g AS n, repeat(md5(g::text), 256) AS pad \
+     FROM generate_series(1,250) g WHERE pg_sleep(0.04) IS NOT NULL";
+
+/// Reads `exec`'s events until `query_started`; returns the worker that runs it.
+async fn started_on(c: &mut Client, exec: &str) -> String {
+    let frames = c
+        .recv_events_until(exec, Some(Duration::from_secs(20)), |f| {
+            ty(f) == "query_started" || is_terminal(f)
+        })
+        .await;
+    let started = frames.last().expect("non-empty");
+    assert_eq!(ty(started), "query_started", "{}", describe(&frames));
+    started["payload"]["workerId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("query_started.workerId: {}", short(started)))
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. A busy worker killed -9
+// ---------------------------------------------------------------------------------------------------------
+
+both_redis_modes!(
+    a_killed_busy_worker_is_noticed_within_seconds,
+    a_killed_busy_worker_is_noticed_within_seconds_on_redis_cluster,
+    a_killed_busy_worker_is_noticed_within_seconds_body
+);
+
+async fn a_killed_busy_worker_is_noticed_within_seconds_body(mode: RedisMode) {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::builder("detect_worker_kill")
+        .redis(mode)
+        .gateways(1)
+        .workers(2)
+        // One query each: the sleeping one on one worker, the streaming one on the other.
+        .worker_args(["--concurrency", "1"])
+        .start()
+        .await;
+    let mut c = cluster.query_client(0).await;
+    let sleeping = c.execute("SELECT pg_sleep(60)", None, Some("sleep")).await;
+    let victim_id = started_on(&mut c, &sleeping).await;
+    let mut s = cluster.query_client(0).await;
+    let streaming = s
+        .execute(
+            STREAMING_QUERY,
+            Some(json!({"chunkSize": 5, "rowFormat": "arrays"})),
+            Some("stream"),
+        )
+        .await;
+    let survivor_id = started_on(&mut s, &streaming).await;
+    assert_ne!(
+        victim_id, survivor_id,
+        "scenario check: one query per worker"
+    );
+    let victim = cluster
+        .workers
+        .iter()
+        .position(|w| w.name == victim_id)
+        .unwrap_or_else(|| panic!("query_started names {victim_id:?}, not one of ours"));
+    // A few lease renewals pass first: a live worker's leases never expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed = Instant::now();
+    cluster.workers[victim].kill().await;
+    let rest = c
+        .collect_execution_within(&sleeping, Duration::from_secs(20))
+        .await;
+    let lost_after = killed.elapsed();
+    let terminal = rest.last().expect("a terminal event");
+    assert_eq!(ty(terminal), "query_error", "{}", describe(&rest));
+    assert_eq!(
+        terminal["payload"]["error"]["code"],
+        "worker_lost",
+        "{}",
+        short(terminal)
+    );
+    // Lease 3 s, looked at every 0.5 s: about 3.5 s; generous for a loaded machine.
+    assert!(
+        lost_after < Duration::from_secs(8),
+        "worker_lost {lost_after:?} after the kill of a busy worker"
+    );
+
+    // The busy survivor was never declared dead: its stream completes.
+    let frames = s
+        .collect_execution_within(&streaming, Duration::from_secs(40))
+        .await;
+    let done = frames.last().expect("a terminal event");
+    assert_eq!(
+        ty(done),
+        "query_completed",
+        "the streaming query on the live worker: {}",
+        short(done)
+    );
+    eprintln!(
+        "detection ({mode:?}): query_error worker_lost {lost_after:?} after kill -9 of busy worker \
+         {victim_id}; the streaming query on {survivor_id} completed"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. A gateway killed -9 with a session across nodes
+// ---------------------------------------------------------------------------------------------------------
+
+/// How many `participant_left` of `participant` `m` has seen.
+fn lefts_of(m: &Collab, participant: &str) -> Vec<Value> {
+    m.events_of("participant_left")
+        .into_iter()
+        .filter(|f| f["payload"]["participantId"] == json!(participant))
+        .cloned()
+        .collect()
+}
+
+/// `m` sees `other` (who joined after it) join.
+async fn expect_joined(m: &mut Collab, other: &Collab) {
+    let id = other.participant_id.clone();
+    m.wait_event("participant_joined", Duration::from_secs(10), |f| {
+        ty(f) == "participant_joined" && f["payload"]["participant"]["id"] == json!(id)
+    })
+    .await;
+}
+
+both_redis_modes!(
+    a_killed_gateways_participants_leave_within_seconds,
+    a_killed_gateways_participants_leave_within_seconds_on_redis_cluster,
+    a_killed_gateways_participants_leave_within_seconds_body
+);
+
+async fn a_killed_gateways_participants_leave_within_seconds_body(mode: RedisMode) {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::builder("detect_gateway_kill")
+        .redis(mode)
+        .gateways(2)
+        .workers(0)
+        .start()
+        .await;
+    let sid = new_session_id("detect-gw");
+    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
+    expect_joined(&mut alice, &bob).await;
+    // Several beats pass first: a live node is never reaped.
+    bob.settle(Duration::from_millis(1500)).await;
+    assert!(lefts_of(&bob, &alice.participant_id).is_empty());
+
+    let victim = alice.participant_id.clone();
+    let killed = Instant::now();
+    cluster.gateways[0].kill().await;
+    drop(alice);
+    bob.wait_for(
+        "participant_left of the killed node's participant",
+        Duration::from_secs(10),
+        |m| !lefts_of(m, &victim).is_empty(),
+    )
+    .await;
+    let left_after = killed.elapsed();
+    let left = lefts_of(&bob, &victim);
+    assert_eq!(
+        left[0]["payload"]["reason"],
+        "node_lost",
+        "{}",
+        short(&left[0])
+    );
+    // TTL 2 s, looked at every 0.25 s: about 2.3 s; generous for a loaded machine.
+    assert!(
+        left_after < Duration::from_secs(6),
+        "participant_left (node_lost) {left_after:?} after the kill"
+    );
+    bob.settle(Duration::from_secs(2)).await;
+    assert_eq!(
+        lefts_of(&bob, &victim).len(),
+        1,
+        "exactly one participant_left: {}",
+        describe(&bob.events)
+    );
+    bob.assert_no_errors();
+    eprintln!("detection ({mode:?}): participant_left (node_lost) {left_after:?} after kill -9 of a gateway");
+}
+
+/// A gateway stopped with SIGTERM says so: its participants leave (`closed`) and it leaves the node set
+/// before it exits, so nobody waits for its presence to expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_cleanly_leaves_the_node_set_at_once() {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::builder("detect_gateway_stop")
+        .gateways(2)
+        .workers(0)
+        .start()
+        .await;
+    let sid = new_session_id("detect-stop");
+    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
+    expect_joined(&mut alice, &bob).await;
+    let nodes = format!("{}:nodes", cluster.prefix);
+    let score = redis::cmd("ZSCORE")
+        .arg(&nodes)
+        .arg(cluster.gateway_name(0))
+        .clone();
+    assert_ne!(
+        cluster.redis_query(&score).await.expect("ZSCORE"),
+        redis::Value::Nil,
+        "scenario check: the node beats"
+    );
+
+    let victim = alice.participant_id.clone();
+    let stopped = Instant::now();
+    cluster.gateways[0].terminate();
+    bob.wait_for(
+        "participant_left of the stopped node's participant",
+        Duration::from_secs(10),
+        |m| !lefts_of(m, &alice.participant_id).is_empty(),
+    )
+    .await;
+    let left_after = stopped.elapsed();
+    let left = lefts_of(&bob, &alice.participant_id);
+    assert_eq!(
+        left[0]["payload"]["reason"],
+        "closed",
+        "{}",
+        short(&left[0])
+    );
+    drop(alice);
+    assert!(
+        cluster.gateways[0]
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .is_some(),
+        "the gateway exits after SIGTERM"
+    );
+    assert_eq!(
+        cluster.redis_query(&score).await.expect("ZSCORE"),
+        redis::Value::Nil,
+        "a cleanly stopped node left the node set"
+    );
+    bob.settle(Duration::from_secs(3)).await;
+    assert_eq!(
+        lefts_of(&bob, &victim).len(),
+        1,
+        "exactly one participant_left: {}",
+        describe(&bob.events)
+    );
+    eprintln!("detection: participant_left (closed) {left_after:?} after SIGTERM of a gateway");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 3. A rejoin takes over its ghost
+// ---------------------------------------------------------------------------------------------------------
+
+both_redis_modes!(
+    a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once,
+    a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_on_redis_cluster,
+    a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body
+);
+
+/// With a cap of 2, Alice (node A) and Bob (node B) fill the session; A is killed and Alice rejoins on B
+/// at once, presenting her previous participant id: she is let in (her ghost does not count), Bob gets
+/// one `participant_left` (`replaced`) then her `participant_joined`, and no `node_lost` later.
+async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode: RedisMode) {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::builder("detect_ghost_takeover")
+        .redis(mode)
+        .gateways(2)
+        .workers(0)
+        .gateway_args(["--max-participants", "2"])
+        .start()
+        .await;
+    let sid = new_session_id("detect-ghost");
+    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
+    expect_joined(&mut alice, &bob).await;
+    alice.settle(Duration::from_millis(300)).await;
+    let (ghost, after) = (alice.participant_id.clone(), alice.last_seq);
+
+    let killed = Instant::now();
+    cluster.gateways[0].kill().await;
+    drop(alice);
+    let path = format!(
+        "{}&participantId={}",
+        collab_path(&sid, "alice", "Alice", Some(after)),
+        url_encode(&ghost)
+    );
+    let client = cluster.client(1, &path).await;
+    let node = cluster.gateway_name(1);
+    let mut back = Collab::from_client(client, &sid, "alice", "Alice", &node, Some(after)).await;
+    let rejoined_after = killed.elapsed();
+    let listed: Vec<&str> = back.state["payload"]["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert!(
+        !listed.contains(&ghost.as_str()),
+        "the ghost is gone from the rejoiner's snapshot: {listed:?}"
+    );
+    let new_id = back.participant_id.clone();
+    expect_joined(&mut bob, &back).await;
+    let left = lefts_of(&bob, &ghost);
+    assert_eq!(left.len(), 1, "{}", describe(&bob.events));
+    assert_eq!(
+        left[0]["payload"]["reason"],
+        "replaced",
+        "{}",
+        short(&left[0])
+    );
+    let joined_seq = bob
+        .events_of("participant_joined")
+        .iter()
+        .find(|f| f["payload"]["participant"]["id"] == json!(new_id))
+        .map(|f| seq_of(f))
+        .expect("waited for");
+    assert!(
+        seq_of(&left[0]) < joined_seq,
+        "the ghost leaves before the rejoiner joins"
+    );
+    // Past the presence TTL: the dead node's reaper finds nobody left to announce.
+    bob.settle(Duration::from_secs(4)).await;
+    back.settle(Duration::from_millis(100)).await;
+    assert_eq!(lefts_of(&bob, &ghost).len(), 1, "{}", describe(&bob.events));
+    assert!(lefts_of(&bob, &new_id).is_empty());
+    bob.assert_no_errors();
+    back.assert_no_errors();
+    eprintln!(
+        "detection ({mode:?}): rejoined with participantId {rejoined_after:?} after kill -9 of its \
+         gateway; one participant_left (replaced), no node_lost"
+    );
+}
+
+/// A rejoin with `afterSeq` only is not refused by the cap because of its own ghost (same user, another
+/// node); the ghost leaves once, `node_lost`, when the dead node is reaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_with_after_seq_is_not_refused_because_of_its_ghost() {
+    let _serial = exclusive().await;
+    let mut cluster = Cluster::builder("detect_ghost_cap")
+        .gateways(2)
+        .workers(0)
+        .gateway_args(["--max-participants", "2"])
+        .start()
+        .await;
+    let sid = new_session_id("detect-cap");
+    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
+    expect_joined(&mut alice, &bob).await;
+    alice.settle(Duration::from_millis(300)).await;
+    let (ghost, after) = (alice.participant_id.clone(), alice.last_seq);
+    let killed = Instant::now();
+    cluster.gateways[0].kill().await;
+    drop(alice);
+    let back = cluster
+        .collab_after(1, &sid, "alice", "Alice", Some(after))
+        .await;
+    expect_joined(&mut bob, &back).await;
+    bob.wait_for("node_lost of the ghost", Duration::from_secs(10), |m| {
+        !lefts_of(m, &ghost).is_empty()
+    })
+    .await;
+    let reaped_after = killed.elapsed();
+    bob.settle(Duration::from_secs(1)).await;
+    let left = lefts_of(&bob, &ghost);
+    assert_eq!(left.len(), 1, "{}", describe(&bob.events));
+    assert_eq!(left[0]["payload"]["reason"], "node_lost");
+    bob.assert_no_errors();
+    eprintln!("detection: rejoin with afterSeq admitted beside its ghost; ghost reaped {reaped_after:?} after the kill");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. Redis killed and restarted
+// ---------------------------------------------------------------------------------------------------------
+
+/// Sends `SELECT 1` until one completes; returns when it did. Refusals (`unavailable`) are retried.
+async fn first_query_completes(c: &mut Client, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    for attempt in 1.. {
+        assert!(
+            Instant::now() < deadline,
+            "no query completed within {within:?} of Redis coming back ({attempt} attempts)"
+        );
+        let id = format!("after-{attempt}");
+        c.send_json(execute_query_frame("SELECT 1 AS one", None, Some(&id)))
+            .await;
+        let answer = loop {
+            match c.next_frame(Duration::from_secs(10)).await {
+                Received::Frame(f) => {
+                    if (ty(&f) == "ack" && f["payload"]["id"] == json!(id))
+                        || (ty(&f) == "error" && f["payload"]["ref"] == json!(id))
+                    {
+                        break Some(f);
+                    }
+                }
+                Received::Closed { code, error } => {
+                    panic!("the socket closed ({code:?}, {error:?}) around a Redis restart")
+                }
+                Received::Timeout => break None,
+            }
+        };
+        let Some(answer) = answer else { continue };
+        if ty(&answer) == "error" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let exec = exec_of(&answer)
+            .expect("ack names its execution")
+            .to_owned();
+        let frames = c
+            .collect_execution_within(&exec, deadline.saturating_duration_since(Instant::now()))
+            .await;
+        if frames.last().is_some_and(|f| ty(f) == "query_completed") {
+            return attempt;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_redis_serves_the_next_query_within_seconds() {
+    let _serial = exclusive().await;
+    let mut redis = RedisServer::start(
+        &target_dir()
+            .join("test-logs")
+            .join("detect_redis_restart-redis"),
+    )
+    .await;
+    let cluster = Cluster::builder("detect_redis_restart")
+        .gateways(1)
+        .workers(1)
+        .start_with_redis_url(&redis.url())
+        .await;
+    let mut c = cluster.query_client(0).await;
+    first_query_completes(&mut c, Duration::from_secs(30)).await;
+
+    redis.kill().await;
+    // Long enough for every connection to notice and back off to its cap.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.restart().await;
+    let up = Instant::now();
+    let attempts = first_query_completes(&mut c, Duration::from_secs(20)).await;
+    let served_after = up.elapsed();
+    assert!(
+        served_after < Duration::from_secs(6),
+        "the first query after Redis came back completed {served_after:?} after the restart"
+    );
+    eprintln!(
+        "detection: first query completed {served_after:?} after Redis restarted ({attempts} attempts)"
+    );
+}
