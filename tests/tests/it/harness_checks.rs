@@ -197,24 +197,3 @@ fn frame_comparison_detects_differences() {
     }));
     assert!(r.is_err(), "a missing frame went unnoticed");
 }
-
-#[test]
-fn the_event_type_lists_are_server_message_types() {
-    use c2s_shared::protocol::SERVER_MESSAGE_TYPES;
-    for t in EVENT_TYPES
-        .iter()
-        .chain(TERMINAL_TYPES)
-        .chain(SESSION_EVENT_TYPES)
-    {
-        assert!(
-            SERVER_MESSAGE_TYPES.contains(t),
-            "{t} is not a server message type of c2s_shared::protocol"
-        );
-    }
-    for t in TERMINAL_TYPES {
-        assert!(
-            EVENT_TYPES.contains(t),
-            "{t} ends a stream it is not part of"
-        );
-    }
-}

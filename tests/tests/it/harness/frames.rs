@@ -3,32 +3,12 @@
 
 use serde_json::Value;
 
-/// The server frames of an execution's event stream (numbered with the execution's `seq`). Each is one of
-/// `c2s_shared::protocol::SERVER_MESSAGE_TYPES` (harness_checks.rs asserts it).
-// TODO(protocol crate): use `c2s_shared::protocol::EXECUTION_EVENT_TYPES` once the protocol crate has it.
-pub const EVENT_TYPES: &[&str] = &[
-    "query_started",
-    "query_progress",
-    "data_stream_start",
-    "data_chunk",
-    "data_stream_complete",
-    "query_completed",
-    "query_error",
-    "query_cancelled",
-];
-/// The events that end an execution's stream (`ServerMessage::is_terminal`).
-pub const TERMINAL_TYPES: &[&str] = &["query_completed", "query_error", "query_cancelled"];
-
-/// The server frames that are session events (numbered with the session's `seq`).
-// TODO(protocol crate): use `c2s_shared::protocol::SESSION_EVENT_TYPES` once the protocol crate has it.
-pub const SESSION_EVENT_TYPES: &[&str] = &[
-    "participant_joined",
-    "participant_left",
-    "query_updated",
-    "cursor_moved",
-    "chat_message",
-    "shared_execution",
-];
+/// The lists of the protocol crate: execution events (numbered with the execution's `seq`), the ones
+/// that end a stream, and session events (numbered with the session's `seq`).
+pub use c2s_shared::protocol::{
+    EXECUTION_EVENT_TYPES as EVENT_TYPES, SESSION_EVENT_TYPES,
+    TERMINAL_EVENT_TYPES as TERMINAL_TYPES,
+};
 
 pub(super) fn tail_chars(s: &str, n: usize) -> &str {
     if s.len() <= n {
