@@ -409,8 +409,9 @@ impl ServerMessage {
     }
 }
 
-/// A server frame: the message plus the envelope fields. (`Deserialize` is in `server_decode.rs`: it
-/// reads the payload straight into its type instead of buffering the frame as `flatten` would.)
+/// A server frame: the message plus the envelope fields.
+// `Deserialize` is in `server_decode.rs`: it reads the payload straight into its type instead of
+// buffering the frame as `flatten` would.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServerFrame {
     #[serde(flatten)]
