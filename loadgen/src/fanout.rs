@@ -49,7 +49,7 @@ pub async fn run(
         let histogram = histogram.clone();
         // Receiver: every chat message from someone else counts, until quiet after the deadline.
         let receiver = tokio::spawn(async move {
-            let mut received = 0u64;
+            let (mut received, mut node_lost) = (0u64, 0u64);
             let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             loop {
                 let wait = if Instant::now() < deadline {
@@ -61,6 +61,12 @@ pub async fn run(
                     break;
                 };
                 let Message::Text(text) = msg else { continue };
+                // Nobody leaves during the run: a `node_lost` is a live gateway presumed dead.
+                if text.starts_with("{\"type\":\"participant_left\"")
+                    && text.contains("\"node_lost\"")
+                {
+                    node_lost += 1;
+                }
                 if !text.starts_with("{\"type\":\"chat_message\"") {
                     continue;
                 }
@@ -83,7 +89,7 @@ pub async fn run(
                 }
             }
             let _ = histogram.lock().await.add(&local);
-            received
+            (received, node_lost)
         });
         // Sender: its share of the rate, evenly spaced, offset so senders do not fire together.
         let sender = tokio::spawn(async move {
@@ -109,10 +115,12 @@ pub async fn run(
         });
         tasks.push((sender, receiver));
     }
-    let (mut sent, mut received) = (0u64, 0u64);
+    let (mut sent, mut received, mut node_lost) = (0u64, 0u64, 0u64);
     for (sender, receiver) in tasks {
         sent += sender.await?;
-        received += receiver.await?;
+        let (r, lost) = receiver.await?;
+        received += r;
+        node_lost += lost;
     }
     let elapsed = start.elapsed().as_secs_f64() - 3.0;
     let h = histogram.lock().await;
@@ -121,6 +129,7 @@ pub async fn run(
         sent_total,
         received,
         expected: sent * per_session as u64,
+        node_lost,
     };
     Ok(report(
         &h,
@@ -165,6 +174,8 @@ struct Counts {
     sent_total: u64,
     received: u64,
     expected: u64,
+    /// `participant_left (node_lost)` frames received: false positives of failure detection.
+    node_lost: u64,
 }
 
 /// Prints the figures and returns them as JSON; `setup` is (participants, sessions, gateways, rate, seconds).
@@ -179,6 +190,7 @@ fn report(
         sent_total,
         received,
         expected,
+        node_lost,
     } = counts;
     let (participants, sessions, gateways, rate, seconds) = setup;
     println!(
@@ -194,7 +206,7 @@ fn report(
         h.max() as f64 / 1000.0
     );
     let rate_delivered = received as f64 / elapsed.max(0.001);
-    println!("delivered messages/s: {rate_delivered:.0}");
+    println!("delivered messages/s: {rate_delivered:.0}; participant_left (node_lost) of live nodes: {node_lost}");
     let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     json!({
         "scenario": "fanout", "participants": participants, "sessions": sessions,
@@ -204,6 +216,7 @@ fn report(
         "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
                        "max": h.max() as f64 / 1000.0},
         "delivered_per_sec": rate_delivered,
+        "false_node_lost": node_lost,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Failure detection in seconds (issue 19), with the default timings: a busy worker killed -9, a gateway
 //! killed -9 with a session across nodes, a gateway stopped cleanly, a rejoin taking over its ghost, and
-//! Redis killed and restarted. Each detection time is asserted under a generous bound (the small machine
+//! Redis (one server, or a whole private Redis Cluster) killed and restarted. Each detection time is asserted under a generous bound (the small machine
 //! runs other suites beside); the measured figures are printed, and the README's failure table has them.
 //!
 //! The tests of this file run one at a time (they measure timings).
@@ -455,5 +455,46 @@ async fn a_returning_redis_serves_the_next_query_within_seconds() {
     );
     eprintln!(
         "detection: first query completed {served_after:?} after Redis restarted ({attempts} attempts)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_redis_cluster_serves_the_next_query_within_seconds() {
+    let _serial = exclusive().await;
+    let log_dir = target_dir()
+        .join("test-logs")
+        .join("detect_redis_cluster_restart-redis");
+    let _ = std::fs::remove_dir_all(&log_dir);
+    let mut redis = RedisClusterServers::start(&log_dir).await;
+    // Three masters without replicas: nothing to WAIT for.
+    let cluster_args = ["--redis-cluster", "--redis-wait-replicas", "0"];
+    let cluster = Cluster::builder("detect_redis_cluster_restart")
+        .gateways(1)
+        .workers(1)
+        .gateway_args(cluster_args)
+        .worker_args(cluster_args)
+        .start_with_redis_url(&redis.url())
+        .await;
+    let mut c = cluster.query_client(0).await;
+    first_query_completes(&mut c, Duration::from_secs(30)).await;
+
+    redis.kill_all().await;
+    // Long enough for every connection to notice and back off to its cap.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.restart_all().await;
+    let up = Instant::now();
+    // The cluster serves nothing until its nodes agree again (`cluster_state:ok`); our part is the rest.
+    redis.wait_ok(Duration::from_secs(20)).await;
+    let cluster_ok = up.elapsed();
+    let attempts = first_query_completes(&mut c, Duration::from_secs(30)).await;
+    let served_after = up.elapsed();
+    assert!(
+        served_after < Duration::from_secs(10),
+        "the first query after the Redis Cluster came back completed {served_after:?} after the restart"
+    );
+    eprintln!(
+        "detection: first query completed {served_after:?} after the whole Redis Cluster restarted \
+         ({cluster_ok:?} until cluster_state:ok, {:?} after it; {attempts} attempts)",
+        served_after.saturating_sub(cluster_ok)
     );
 }

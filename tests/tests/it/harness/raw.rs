@@ -305,18 +305,26 @@ pub struct RedisServer {
     log_dir: PathBuf,
     child: Option<Child>,
     starts: usize,
+    /// More `redis-server` arguments (a cluster node's).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` on a free port; its output goes to `<log_dir>/redis-<n>.log`.
     pub async fn start(log_dir: &Path) -> RedisServer {
+        RedisServer::start_with(log_dir, free_port(), Vec::new()).await
+    }
+
+    /// Starts `redis-server` on `port` with more arguments.
+    async fn start_with(log_dir: &Path, port: u16, extra_args: Vec<String>) -> RedisServer {
         std::fs::create_dir_all(log_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_dir.display()));
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             log_dir: log_dir.to_path_buf(),
             child: None,
             starts: 0,
+            extra_args,
         };
         server.restart().await;
         server
@@ -334,7 +342,9 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
         self.starts += 1;
-        let log = self.log_dir.join(format!("redis-{}.log", self.starts));
+        let log = self
+            .log_dir
+            .join(format!("redis-{}-{}.log", self.port, self.starts));
         let out = std::fs::File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log file handle");
@@ -352,6 +362,7 @@ impl RedisServer {
             "--protected-mode",
             "no",
         ])
+        .args(&self.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
@@ -407,5 +418,94 @@ impl RedisServer {
             .await
             .expect("redis-server did not die within 10 s of SIGKILL")
             .expect("waiting for redis-server failed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A Redis Cluster owned by the test
+// ---------------------------------------------------------------------------------------------------------
+
+/// A private Redis Cluster of three masters without replicas (so `--redis-wait-replicas 0`), for a test
+/// that kills and restarts all of it without disturbing the shared one. Each node keeps its slot map in
+/// its `nodes.conf`, so a restarted cluster comes back with the same slots (and no data).
+pub struct RedisClusterServers {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisClusterServers {
+    pub async fn start(log_dir: &Path) -> RedisClusterServers {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = log_dir.join(format!("nodes-{port}.conf"));
+            let _ = std::fs::remove_file(&conf);
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf.to_string_lossy(),
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            nodes.push(RedisServer::start_with(log_dir, port, args).await);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        create.args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = create
+            .output()
+            .await
+            .expect("running redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let servers = RedisClusterServers { nodes };
+        servers.wait_ok(Duration::from_secs(20)).await;
+        servers
+    }
+
+    /// The seed list for `--redis-url` (with `--redis-cluster`).
+    pub fn url(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+
+    /// Waits until every node says `cluster_state:ok` (bounded).
+    pub async fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for node in &self.nodes {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .await
+                    .expect("running redis-cli cluster info");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the private Redis Cluster is not ok within {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub async fn kill_all(&mut self) {
+        for node in &mut self.nodes {
+            node.kill().await;
+        }
+    }
+
+    pub async fn restart_all(&mut self) {
+        for node in &mut self.nodes {
+            node.restart().await;
+        }
     }
 }
