@@ -91,7 +91,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
     let (killed_tx, killed_rx) = watch::channel::<Option<Instant>>(None);
     // Senders stop first; followers a moment later, once the last messages had time to arrive.
     let (stop_senders, senders_stopped) = watch::channel(false);
-    let (stop_followers, followers_stopped) = watch::channel(false);
+    let (stop_followers, followers_stopped) = watch::channel::<Option<SentCounts>>(None);
     let joined = Instant::now();
     let participants = join_all(&o, a, run_id, sessions).await?;
     println!(
@@ -107,6 +107,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         let source = source_address(i, o.source_addresses);
         followers.push(tokio::spawn(follow(
             (session, user, ws, seq, participant),
+            i % sessions,
             to,
             b,
             source,
@@ -126,7 +127,23 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         let mut stop = senders_stopped.clone();
         senders.push(tokio::spawn(async move {
             let (mut tx, mut rx) = ws.split();
-            let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+            // What the server acknowledged counts as sent; a refusal (an `error` for the chat's frame
+            // id) is not a lost message: the sender was told.
+            let answered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = answered.clone();
+            let answers = tokio::spawn(async move {
+                let (mut acked, mut refused) = (0u64, Vec::new());
+                while let Some(Ok(msg)) = rx.next().await {
+                    let Message::Text(t) = msg else { continue };
+                    match frames::parse(&t).map(|f| f.message) {
+                        Ok(ServerMessage::Ack(_)) => acked += 1,
+                        Ok(ServerMessage::Error(e)) => refused.push(e.message),
+                        _ => continue,
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                (acked, refused)
+            });
             let mut sent = 0u64;
             let mut tick = tokio::time::interval(interval);
             loop {
@@ -134,15 +151,32 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                     _ = tick.tick() => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
-                let frame = frames::chat_text(format!("s{s}-{sent}"), format!("m{sent}"));
+                let id = format!("s{s}-{sent}");
+                let frame = frames::chat_text_with_ack(id.clone(), id, format!("m{sent}"));
                 if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }
                 sent += 1;
             }
+            // Every message gets its answer (ack or error) before the close, or CATCH_UP runs out.
+            let until = Instant::now() + CATCH_UP;
+            while answered.load(std::sync::atomic::Ordering::Relaxed) < sent && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let unanswered = sent.saturating_sub(answered.load(std::sync::atomic::Ordering::Relaxed));
+            if unanswered > 0 {
+                eprintln!("sender {s}: {unanswered} of {sent} chat messages got no answer within {CATCH_UP:?}");
+            }
             let _ = tx.close().await;
-            drain.abort();
-            (s, sent)
+            let (acked, refused) = tokio::time::timeout(Duration::from_secs(10), answers)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            if let Some(first) = refused.first() {
+                eprintln!("sender {s}: {} of {sent} chat messages refused, e.g. {first}", refused.len());
+            }
+            (s, acked)
         }));
     }
 
@@ -164,14 +198,20 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
         let (session, sent) = s.await?;
         sent_per_session.insert(session, sent);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = stop_followers.send(true);
+    // The followers read on until they have what their session's sender sent (or CATCH_UP is over).
+    let _ = stop_followers.send(Some(Arc::new(sent_per_session.clone())));
     let mut outcomes = Vec::with_capacity(followers.len());
     for f in followers {
         outcomes.push(f.await?);
     }
     report(&o, &sent_per_session, &outcomes)
 }
+
+/// Chat messages sent per session (index), known once the senders stopped.
+type SentCounts = Arc<HashMap<usize, u64>>;
+
+/// How long followers may take, after the senders stopped, to receive all they sent.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// One participant as joined on gateway A: session, user, socket, snapshot seq, participant id.
 type Joined = (String, String, Ws, u64, String);
@@ -208,19 +248,38 @@ async fn join_all(
 /// One participant: reads, checks seq, counts chats; on the cut, rejoins B after the last seq seen.
 async fn follow(
     joined: Joined,
+    session_index: usize,
     to: String,
     b: std::net::SocketAddr,
     source: Ipv4Addr,
     mut killed: watch::Receiver<Option<Instant>>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<SentCounts>>,
 ) -> Outcome {
     let (session, user, ws, seq, participant) = joined;
     let mut out = Outcome::default();
     let (mut ws, mut last, mut on_b) = (ws, seq, false);
+    let mut catch_up: Option<Instant> = None;
     loop {
-        let msg = tokio::select! {
-            msg = ws.next() => msg,
-            _ = stop.wait_for(|s| *s) => break,
+        // Once the senders stopped, read on until this session's chat has all arrived: what was sent
+        // last may still be on its way (a rejoin storm replays thousands of events), and counting it
+        // lost would blame the system for the end of the run. Past CATCH_UP, what is missing is lost.
+        let expected = stop
+            .borrow()
+            .as_ref()
+            .map(|sent| sent.get(&session_index).copied().unwrap_or(0));
+        let msg = match expected {
+            Some(n) if out.chats >= n => break,
+            Some(_) => {
+                let until = *catch_up.get_or_insert_with(|| Instant::now() + CATCH_UP);
+                match tokio::time::timeout_at(until.into(), ws.next()).await {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            }
+            None => tokio::select! {
+                msg = ws.next() => msg,
+                _ = stop.wait_for(Option::is_some) => continue,
+            },
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,

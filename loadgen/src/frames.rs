@@ -21,6 +21,18 @@ pub fn chat_text(id: String, content: String) -> String {
     }))
 }
 
+/// A `chat_message` frame with a frame `id`: the server acknowledges it (or refuses it) by that id.
+pub fn chat_text_with_ack(frame_id: String, id: String, content: String) -> String {
+    let frame = ClientFrame {
+        message: ClientMessage::ChatMessage(SendChat {
+            message: OutgoingChat { id, content },
+        }),
+        id: Some(frame_id),
+        traceparent: None,
+    };
+    serde_json::to_string(&frame).unwrap_or_default()
+}
+
 /// A server frame, typed.
 pub fn parse(text: &str) -> anyhow::Result<ServerFrame> {
     Ok(serde_json::from_str(text)?)
