@@ -152,7 +152,7 @@ pub async fn run(o: Options) -> anyhow::Result<Value> {
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 let id = format!("s{s}-{sent}");
-                let frame = frames::chat_text_with_ack(id.clone(), id, format!("m{sent}"));
+                let frame = frames::chat_text(Some(id.clone()), id, format!("m{sent}"));
                 if tx.send(Message::text(frame)).await.is_err() {
                     break;
                 }

@@ -62,10 +62,12 @@ pub async fn run(
                 };
                 let Message::Text(text) = msg else { continue };
                 // Nobody leaves during the run: a `node_lost` is a live gateway presumed dead.
-                if text.starts_with("{\"type\":\"participant_left\"")
-                    && text.contains("\"node_lost\"")
-                {
-                    node_lost += 1;
+                if text.starts_with("{\"type\":\"participant_left\"") {
+                    if let Ok(ServerMessage::ParticipantLeft(left)) =
+                        frames::parse(&text).map(|f| f.message)
+                    {
+                        node_lost += u64::from(left.reason == "node_lost");
+                    }
                 }
                 if !text.starts_with("{\"type\":\"chat_message\"") {
                     continue;
@@ -99,6 +101,7 @@ pub async fn run(
             while next < deadline {
                 tokio::time::sleep_until(next.into()).await;
                 let frame = frames::chat_text(
+                    None,
                     format!("{i}-{sent}"),
                     format!("t={}", clock.elapsed().as_micros()),
                 );

@@ -3,34 +3,23 @@
 
 use c2s_protocol::{ClientFrame, ClientMessage, OutgoingChat, RowFormat, SendChat, ServerFrame};
 
-/// The text of a client frame without an `id`.
-pub fn client_text(message: ClientMessage) -> String {
+/// The text of a client frame, with a frame `id` when the server should acknowledge it by that id.
+pub fn client_text(message: ClientMessage, id: Option<String>) -> String {
     let frame = ClientFrame {
         message,
-        id: None,
+        id,
         traceparent: None,
     };
     // Plain data with string keys: serialising cannot fail.
     serde_json::to_string(&frame).unwrap_or_default()
 }
 
-/// A `chat_message` frame.
-pub fn chat_text(id: String, content: String) -> String {
-    client_text(ClientMessage::ChatMessage(SendChat {
+/// A `chat_message` frame (acknowledged by `frame_id` when there is one).
+pub fn chat_text(frame_id: Option<String>, id: String, content: String) -> String {
+    let chat = SendChat {
         message: OutgoingChat { id, content },
-    }))
-}
-
-/// A `chat_message` frame with a frame `id`: the server acknowledges it (or refuses it) by that id.
-pub fn chat_text_with_ack(frame_id: String, id: String, content: String) -> String {
-    let frame = ClientFrame {
-        message: ClientMessage::ChatMessage(SendChat {
-            message: OutgoingChat { id, content },
-        }),
-        id: Some(frame_id),
-        traceparent: None,
     };
-    serde_json::to_string(&frame).unwrap_or_default()
+    client_text(ClientMessage::ChatMessage(chat), frame_id)
 }
 
 /// A server frame, typed.

@@ -165,10 +165,11 @@ async fn stream_once(url: &str, query: &str, options: QueryOptions) -> anyhow::R
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let t0 = Instant::now();
-    let frame = frames::client_text(ClientMessage::ExecuteQuery(ExecuteQuery {
+    let request = ClientMessage::ExecuteQuery(ExecuteQuery {
         query: query.to_owned(),
         options: Some(options),
-    }));
+    });
+    let frame = frames::client_text(request, None);
     ws.send(Message::text(frame)).await?;
     let (mut ack, mut started, mut first_chunk) = (None, None, None);
     let (mut rows, mut bytes, mut last_seq) = (0u64, 0u64, 0u64);

@@ -210,16 +210,7 @@ impl Member {
 
     /// `update_query`: replaces the shared text (at `baseVersion`, if given).
     pub async fn update_query(&self, state: &AppState, update: UpdateQuery) -> Result<(), Refusal> {
-        let limit = state.ws.max_query_bytes;
-        if update.query.len() > limit {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "`query` is {} bytes; the limit is {limit}",
-                    update.query.len()
-                ),
-            ));
-        }
+        Refusal::check_query_size(&update.query, state.ws.max_query_bytes)?;
         // The version is filled in by the bus, atomically with the update.
         let template = frame(ServerMessage::QueryUpdated(QueryUpdated {
             session_id: self.session_id.clone(),

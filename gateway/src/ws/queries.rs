@@ -97,17 +97,10 @@ impl Queries<'_> {
     }
 
     fn check_query_text(&self, query: &str) -> Result<(), Refusal> {
-        let limit = self.state.ws.max_query_bytes;
         if query.trim().is_empty() {
             return Err(Refusal::new(ErrorCode::BadRequest, "`query` is empty"));
         }
-        if query.len() > limit {
-            return Err(Refusal::new(
-                ErrorCode::TooLarge,
-                format!("`query` is {} bytes; the limit is {limit}", query.len()),
-            ));
-        }
-        Ok(())
+        Refusal::check_query_size(query, self.state.ws.max_query_bytes)
     }
 
     /// Follows the new execution, enqueues its job and, in a session, announces it.

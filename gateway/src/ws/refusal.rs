@@ -52,6 +52,17 @@ impl Refusal {
         )
     }
 
+    /// A query text (`execute_query`, `update_query`) over `C2S_MAX_QUERY_BYTES` is `too_large`.
+    pub fn check_query_size(query: &str, limit: usize) -> Result<(), Refusal> {
+        if query.len() > limit {
+            return Err(Refusal::new(
+                ErrorCode::TooLarge,
+                format!("`query` is {} bytes; the limit is {limit}", query.len()),
+            ));
+        }
+        Ok(())
+    }
+
     /// The `error` message to send; `reference` is the client frame's `id`.
     pub fn into_message(self, reference: Option<String>) -> ServerMessage {
         let mut message = ServerMessage::error(self.code, self.message, reference);
