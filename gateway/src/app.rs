@@ -128,6 +128,8 @@ pub struct Application {
     auth: Authenticator,
     backend: Backend,
     presence: Vec<JoinHandle<()>>,
+    /// Which nodes hold their link to Redis (the reaper's and the rejoins').
+    links: Arc<crate::links::Links>,
     /// The bus and the embedded worker get a multi-threaded runtime of their own; actix runs its
     /// per-thread workers beside it. Declared last: dropped after the tasks above.
     bus_runtime: Runtime,
@@ -157,17 +159,20 @@ impl Application {
             backend.bus.as_ref(),
             &node_id,
         ));
+        let timings = crate::presence::Timings {
+            heartbeat: Duration::from_millis(cli.collab.presence_heartbeat_ms.max(10)),
+            ttl: Duration::from_millis(cli.collab.presence_ttl_ms.max(10)),
+            reap: Duration::from_millis(cli.collab.presence_reap_ms.max(10)),
+        };
+        let links = Arc::new(crate::links::Links::new(
+            backend.bus.clone(),
+            node_id.clone(),
+            Duration::from_millis(cli.collab.presence_link_grace_ms),
+            timings.ttl,
+        ));
         let presence = {
             let _guard = bus_runtime.enter();
-            crate::presence::spawn(
-                backend.bus.clone(),
-                node_id.clone(),
-                crate::presence::Timings {
-                    heartbeat: Duration::from_millis(cli.collab.presence_heartbeat_ms.max(10)),
-                    ttl: Duration::from_millis(cli.collab.presence_ttl_ms.max(10)),
-                    reap: Duration::from_millis(cli.collab.presence_reap_ms.max(10)),
-                },
-            )
+            crate::presence::spawn(backend.bus.clone(), node_id.clone(), timings, links.clone())
         };
         let listener = bind_listener(&cli.bind, cli.ws.listen_backlog)
             .with_context(|| format!("binding {}", cli.bind))?;
@@ -181,6 +186,7 @@ impl Application {
             auth,
             backend,
             presence,
+            links,
             bus_runtime,
         })
     }
@@ -242,6 +248,7 @@ impl Application {
             auth,
             backend,
             presence,
+            links,
             bus_runtime,
         } = self;
         let served = actix_web::rt::System::new().block_on(async {
@@ -252,6 +259,7 @@ impl Application {
                 backend.embedded,
                 metrics,
                 auth,
+                links,
             ));
             let server = http_server(&cli, state.clone(), listener)?;
             let stop = stop();

@@ -226,6 +226,14 @@ pub struct CollabArgs {
     #[arg(long, env = "C2S_PRESENCE_REAP_MS", default_value_t = 250)]
     pub presence_reap_ms: u64,
 
+    /// A gateway whose link to Redis (a subscription held for the life of its process) has been gone
+    /// this long (ms) is dead: its participants leave (`node_lost`) without waiting for
+    /// `C2S_PRESENCE_TTL_MS`, and a rejoin takes over its ghost at once. A live node's link drops only
+    /// when its connection does, and it takes the link again at once; raise this where connections to
+    /// Redis are cut and re-made often. 0: only the heartbeat TTL decides.
+    #[arg(long, env = "C2S_PRESENCE_LINK_GRACE_MS", default_value_t = 500)]
+    pub presence_link_grace_ms: u64,
+
     /// Participants one session may have at once.
     #[arg(long, env = "C2S_MAX_PARTICIPANTS", default_value_t = 200)]
     pub max_participants: usize,

@@ -8,6 +8,7 @@ mod auth;
 pub mod config;
 mod demo_page;
 mod http;
+mod links;
 mod per_user;
 mod presence;
 mod state;

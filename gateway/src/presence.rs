@@ -4,6 +4,10 @@
 //! `node_lost`) when a whole node dies. The bus's leave is exactly-once, so several nodes reaping the
 //! same dead one at once still announce each departure once.
 //!
+//! A node also holds a link to Redis for its whole life (see `links.rs`), taken before its first beat:
+//! a killed node's link is gone at once, so it is reaped after `C2S_PRESENCE_LINK_GRACE_MS`, not its
+//! TTL; the TTL stays the backstop.
+//!
 //! The beat runs on the bus runtime, not on the actix threads serving sockets, so a node busy with
 //! fan-out still beats; its TTL allows several missed beats. A node that stops cleanly announces it
 //! ([`announce_shutdown`]): its remaining participants leave and it leaves the node set at once.
@@ -14,6 +18,7 @@ use std::time::Duration;
 use c2s_shared::bus::{Bus, BusError};
 use tokio::task::JoinHandle;
 
+use crate::links::Links;
 use crate::ws::participant_left_frame;
 
 /// The presence timings (`C2S_PRESENCE_*`).
@@ -25,10 +30,16 @@ pub struct Timings {
 }
 
 /// Starts the beat and the reaper (two tasks: a slow reaping round never delays a beat).
-pub fn spawn(bus: Arc<dyn Bus>, node_id: String, t: Timings) -> Vec<JoinHandle<()>> {
+pub fn spawn(
+    bus: Arc<dyn Bus>,
+    node_id: String,
+    t: Timings,
+    links: Arc<Links>,
+) -> Vec<JoinHandle<()>> {
     let beat = {
         let (bus, node_id) = (bus.clone(), node_id.clone());
         tokio::spawn(async move {
+            listen(bus.as_ref(), &node_id).await;
             let mut tick = tokio::time::interval(t.heartbeat);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -47,12 +58,25 @@ pub fn spawn(bus: Arc<dyn Bus>, node_id: String, t: Timings) -> Vec<JoinHandle<(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = reap_dead(bus.as_ref(), &node_id, t.ttl).await {
+            if let Err(e) = reap_dead(bus.as_ref(), &node_id, t.ttl, &links).await {
                 tracing::warn!(error = %e, "presence reaping round failed");
             }
         }
     });
     vec![beat, reaper]
+}
+
+/// Takes this node's link (retrying until Redis takes it): until then the node does not beat, so no
+/// peer sees it alive without a link and reaps it for that.
+async fn listen(bus: &dyn Bus, node_id: &str) {
+    let mut failures = 0u32;
+    while let Err(e) = bus.node_listen(node_id).await {
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(error = %e, "cannot take this node's link to Redis yet; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A clean stop: the participants still registered here (their own leave failed) leave now, and the
@@ -85,39 +109,52 @@ pub async fn reap_previous_incarnation(bus: &dyn Bus, node_id: &str) {
     }
 }
 
-/// Leaves in flight at once while reaping a node: a node of 5000 participants is reaped in about a
-/// second, not one round trip after the other (the detection-time budget is a few seconds).
+/// Sessions reaped at once while reaping a node, and participants per leave step: a node of 5000
+/// participants in 50 sessions takes 50 steps, 16 in flight, not 5000 (the detection-time budget is
+/// a few seconds, and a step's script runs for at most `REAP_BATCH` leaves).
 const REAP_CONCURRENCY: usize = 16;
+const REAP_BATCH: usize = 100;
 
-/// Announces every participant registered under `node_id` as left (`reason`); returns how many.
+/// Announces every participant registered under `node_id` as left (`reason`); returns how many
+/// entries the node had (announced or already gone).
 async fn reap_participants(bus: &dyn Bus, node_id: &str, reason: &str) -> Result<usize, BusError> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
     let participants = bus.node_participants(node_id).await?;
-    let leaves: Vec<_> = participants
+    let mut by_session: std::collections::HashMap<&str, Vec<(String, String)>> =
+        std::collections::HashMap::new();
+    for (session, participant) in &participants {
+        let left = participant_left_frame(session, participant, reason);
+        by_session
+            .entry(session.as_str())
+            .or_default()
+            .push((participant.clone(), left));
+    }
+    let steps: Vec<_> = by_session
         .iter()
-        .map(|(session, participant)| leave(bus, node_id, session, participant, reason))
+        .flat_map(|(session, leaves)| leaves.chunks(REAP_BATCH).map(move |c| (*session, c)))
+        .map(|(session, leaves)| bus.session_leave_many(session, node_id, leaves))
         .collect();
-    stream::iter(leaves)
+    stream::iter(steps)
         .buffer_unordered(REAP_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
     Ok(participants.len())
 }
 
-async fn leave(
+/// One reaper round: the nodes silent for `ttl`, and those whose link has been gone for the grace.
+async fn reap_dead(
     bus: &dyn Bus,
     node_id: &str,
-    session_id: &str,
-    participant_id: &str,
-    reason: &str,
-) -> Result<Option<u64>, BusError> {
-    let left = participant_left_frame(session_id, participant_id, reason);
-    bus.session_leave(session_id, participant_id, node_id, &left)
-        .await
-}
-
-async fn reap_dead(bus: &dyn Bus, node_id: &str, ttl: Duration) -> Result<(), BusError> {
-    for dead in bus.dead_nodes(ttl).await? {
+    ttl: Duration,
+    links: &Links,
+) -> Result<(), BusError> {
+    let mut dead = bus.dead_nodes(ttl).await?;
+    for linkless in links.dead().await {
+        if !dead.contains(&linkless) {
+            dead.push(linkless);
+        }
+    }
+    for dead in dead {
         if dead == node_id {
             // Our own beat is late (Redis was unreachable): never reap ourselves.
             continue;

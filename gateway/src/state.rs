@@ -34,6 +34,8 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// The per-user frame buckets of this node (shared by each user's sockets here).
     pub user_rates: crate::per_user::UserRates,
+    /// Which nodes hold their link to Redis (a rejoin takes over its ghosts on the others).
+    pub links: Arc<crate::links::Links>,
     /// Local participants per collaboration session (for the active-sessions gauge).
     local_sessions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
@@ -58,8 +60,10 @@ impl AppState {
         embedded: bool,
         metrics: PrometheusHandle,
         auth: crate::auth::Authenticator,
+        links: Arc<crate::links::Links>,
     ) -> AppState {
         AppState {
+            links,
             auth,
             allowed_origins: cli.auth.allowed_origins.clone(),
             notices: broadcast::Sender::new(NOTICE_BUFFER),
@@ -177,6 +181,12 @@ mod tests {
         let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
             .build_recorder()
             .handle();
+        let links = Arc::new(crate::links::Links::new(
+            bus.clone(),
+            "n".into(),
+            std::time::Duration::ZERO,
+            std::time::Duration::ZERO,
+        ));
         let state = Arc::new(AppState::new(
             "n".into(),
             bus,
@@ -184,6 +194,7 @@ mod tests {
             true,
             metrics,
             crate::auth::Authenticator::Off,
+            links,
         ));
         let a = state.try_connect().unwrap();
         let _b = state.try_connect().unwrap();

@@ -145,6 +145,13 @@ impl Keys {
         format!("{}:nodes", self.prefix)
     }
 
+    /// Sharded channel a gateway node stays subscribed to for its whole life and nobody publishes on:
+    /// its subscriber count (`PUBSUB SHARDNUMSUB`) drops to 0 the moment the node's process, and with
+    /// it its connection, is gone. Every node's is in one slot (`{alive}`), so one reply counts them all.
+    pub fn node_alive_channel(&self, node_id: &str) -> String {
+        format!("{}:{{alive}}:{node_id}", self.prefix)
+    }
+
     /// Set of `<sessionId>\t<participantId>` connected through one node (reaped when the node dies).
     pub fn node_participants(&self, node_id: &str) -> String {
         format!("{}:{{n:{node_id}}}:participants", self.prefix)

@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use c2s_shared::bus::{Job, JoinOutcome, JoinRequest, UpdateOutcome, VERSION_PLACEHOLDER};
+use c2s_shared::bus::{
+    Job, JoinOutcome, JoinRequest, SessionSnapshot, UpdateOutcome, GHOST_PLACEHOLDER,
+    VERSION_PLACEHOLDER,
+};
 use c2s_shared::codes::ErrorCode;
 use c2s_shared::now_ms;
 use c2s_shared::protocol::Close;
@@ -115,6 +118,18 @@ pub async fn join(
         .as_deref()
         .map(|old| participant_left_frame(&join.session_id, old, "replaced"))
         .unwrap_or_default();
+    let rejoin = join.after_seq.is_some() || join.replaces.is_some();
+    // A rejoin takes over its own ghosts on nodes whose link to Redis is gone (dead, not reaped yet).
+    let gone_nodes = if rejoin {
+        state.links.gone_now().await
+    } else {
+        Vec::new()
+    };
+    let ghost_frame = if gone_nodes.is_empty() {
+        String::new()
+    } else {
+        participant_left_frame(&join.session_id, GHOST_PLACEHOLDER, "replaced")
+    };
     let outcome = state
         .bus
         .session_join(JoinRequest {
@@ -126,9 +141,11 @@ pub async fn join(
             joined_frame: &joined_frame,
             chat_history: limits.chat_history,
             user_id: &participant.user_id,
-            rejoin: join.after_seq.is_some() || join.replaces.is_some(),
+            rejoin,
             replaces: join.replaces.as_deref(),
             replaced_frame: &replaced_frame,
+            gone_nodes: &gone_nodes,
+            ghost_frame: &ghost_frame,
         })
         .await
         .map_err(|e| Refusal::unavailable(e).closing(Close::TryAgainLater))?;
@@ -145,9 +162,35 @@ pub async fn join(
             .closing(Close::TryAgainLater))
         }
     };
-    let session_state = SessionState {
-        session_id: join.session_id.clone(),
-        participant_id: participant.id.clone(),
+    let follow_after = join.after_seq.unwrap_or(snapshot.seq).min(snapshot.seq);
+    let session_state = session_state(&join.session_id, &participant.id, snapshot);
+    state.count_participant(&join.session_id, true);
+    if join.after_seq.is_some() {
+        metrics::counter!(c2s_shared::metrics::RESUMES, "kind" => "session").increment(1);
+    }
+    Ok(Joined {
+        member: Member {
+            session_id: join.session_id,
+            participant_id: participant.id,
+            name: identity.name.clone(),
+            pending_cursor: None,
+            cursor_due: None,
+            last_cursor_sent: None,
+        },
+        state: session_state,
+        follow_after,
+    })
+}
+
+/// The `session_state` a joiner gets: the bus's snapshot as of its own `participant_joined`.
+fn session_state(
+    session_id: &str,
+    participant_id: &str,
+    snapshot: SessionSnapshot,
+) -> SessionState {
+    SessionState {
+        session_id: session_id.to_owned(),
+        participant_id: participant_id.to_owned(),
         snapshot_seq: snapshot.seq,
         participants: snapshot
             .participants
@@ -168,23 +211,7 @@ pub async fn join(
             .filter_map(|c| serde_json::from_str::<ChatEntry>(c).ok())
             .collect(),
         timestamp: now_ms(),
-    };
-    state.count_participant(&join.session_id, true);
-    if join.after_seq.is_some() {
-        metrics::counter!(c2s_shared::metrics::RESUMES, "kind" => "session").increment(1);
     }
-    Ok(Joined {
-        member: Member {
-            session_id: join.session_id,
-            participant_id: participant.id,
-            name: identity.name.clone(),
-            pending_cursor: None,
-            cursor_due: None,
-            last_cursor_sent: None,
-        },
-        state: session_state,
-        follow_after: join.after_seq.unwrap_or(snapshot.seq).min(snapshot.seq),
-    })
 }
 
 impl Member {

@@ -40,7 +40,8 @@ pub use memory::MemoryBus;
 pub use nodes::NodePresence;
 pub use redis_bus::RedisBus;
 pub use sessions::{
-    JoinOutcome, JoinRequest, SessionSnapshot, SessionState, UpdateOutcome, VERSION_PLACEHOLDER,
+    JoinOutcome, JoinRequest, SessionSnapshot, SessionState, UpdateOutcome, GHOST_PLACEHOLDER,
+    VERSION_PLACEHOLDER,
 };
 pub use settings::BusSettings;
 

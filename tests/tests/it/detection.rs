@@ -5,6 +5,7 @@
 //!
 //! The tests of this file run one at a time (they measure timings).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::harness::raw::*;
@@ -266,33 +267,56 @@ both_redis_modes!(
     a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body
 );
 
-/// With a cap of 2, Alice (node A) and Bob (node B) fill the session; A is killed and Alice rejoins on B
-/// at once, presenting her previous participant id: she is let in (her ghost does not count), Bob gets
-/// one `participant_left` (`replaced`) then her `participant_joined`, and no `node_lost` later.
 async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode: RedisMode) {
+    a_rejoin_takes_over_its_ghost_at_once(mode, Rejoin::WithParticipantId).await
+}
+
+both_redis_modes!(
+    a_rejoin_with_after_seq_only_takes_over_its_ghost_at_once,
+    a_rejoin_with_after_seq_only_takes_over_its_ghost_at_once_on_redis_cluster,
+    a_rejoin_with_after_seq_only_takes_over_its_ghost_at_once_body
+);
+
+async fn a_rejoin_with_after_seq_only_takes_over_its_ghost_at_once_body(mode: RedisMode) {
+    a_rejoin_takes_over_its_ghost_at_once(mode, Rejoin::AfterSeqOnly).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rejoin {
+    /// `afterSeq` and `participantId` (what the SDK sends).
+    WithParticipantId,
+    /// `afterSeq` only: the ghost is known by its node's link to Redis being gone.
+    AfterSeqOnly,
+}
+
+/// With a cap of 2, Alice (node A) and Bob (node B) fill the session; A is killed and Alice rejoins on B
+/// at once: she is let in (her ghost does not count), Bob gets one `participant_left` (`replaced`) then
+/// her `participant_joined`, and no `node_lost` later. Another tab of Alice's on live node B stays.
+async fn a_rejoin_takes_over_its_ghost_at_once(mode: RedisMode, how: Rejoin) {
     let _serial = exclusive().await;
     let mut cluster = Cluster::builder("detect_ghost_takeover")
         .redis(mode)
         .gateways(2)
         .workers(0)
-        .gateway_args(["--max-participants", "2"])
+        .gateway_args(["--max-participants", "3"])
         .start()
         .await;
     let sid = new_session_id("detect-ghost");
     let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut other_tab = cluster.collab(1, &sid, "alice", "Alice").await;
     let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
     expect_joined(&mut alice, &bob).await;
-    alice.settle(Duration::from_millis(300)).await;
+    // The nodes judge links only once their own has been up for the presence TTL (2 s).
+    alice.settle(Duration::from_millis(2500)).await;
     let (ghost, after) = (alice.participant_id.clone(), alice.last_seq);
 
     let killed = Instant::now();
     cluster.gateways[0].kill().await;
     drop(alice);
-    let path = format!(
-        "{}&participantId={}",
-        collab_path(&sid, "alice", "Alice", Some(after)),
-        url_encode(&ghost)
-    );
+    let mut path = collab_path(&sid, "alice", "Alice", Some(after));
+    if how == Rejoin::WithParticipantId {
+        path = format!("{path}&participantId={}", url_encode(&ghost));
+    }
     let client = cluster.client(1, &path).await;
     let node = cluster.gateway_name(1);
     let mut back = Collab::from_client(client, &sid, "alice", "Alice", &node, Some(after)).await;
@@ -306,6 +330,10 @@ async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode
     assert!(
         !listed.contains(&ghost.as_str()),
         "the ghost is gone from the rejoiner's snapshot: {listed:?}"
+    );
+    assert!(
+        listed.contains(&other_tab.participant_id.as_str()),
+        "the same user's tab on a live node stays: {listed:?}"
     );
     let new_id = back.participant_id.clone();
     expect_joined(&mut bob, &back).await;
@@ -330,51 +358,87 @@ async fn a_rejoin_with_its_participant_id_takes_over_its_ghost_at_once_body(mode
     // Past the presence TTL: the dead node's reaper finds nobody left to announce.
     bob.settle(Duration::from_secs(4)).await;
     back.settle(Duration::from_millis(100)).await;
+    other_tab.settle(Duration::from_millis(100)).await;
     assert_eq!(lefts_of(&bob, &ghost).len(), 1, "{}", describe(&bob.events));
     assert!(lefts_of(&bob, &new_id).is_empty());
+    assert!(lefts_of(&bob, &other_tab.participant_id).is_empty());
     bob.assert_no_errors();
     back.assert_no_errors();
     eprintln!(
-        "detection ({mode:?}): rejoined with participantId {rejoined_after:?} after kill -9 of its \
+        "detection ({mode:?}): rejoined ({how:?}) {rejoined_after:?} after kill -9 of its \
          gateway; one participant_left (replaced), no node_lost"
     );
 }
 
-/// A rejoin with `afterSeq` only is not refused by the cap because of its own ghost (same user, another
-/// node); the ghost leaves once, `node_lost`, when the dead node is reaped.
+/// A killed node carrying many participants (3 sessions of 100, the cap's half) is reaped in one step
+/// per session: each peer gets every one of them as `participant_left (node_lost)` exactly once,
+/// within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejoin_with_after_seq_is_not_refused_because_of_its_ghost() {
+async fn a_killed_gateway_with_hundreds_of_participants_is_reaped_within_seconds() {
+    const SESSIONS: usize = 3;
+    const PER_SESSION: usize = 100;
     let _serial = exclusive().await;
-    let mut cluster = Cluster::builder("detect_ghost_cap")
+    let mut cluster = Cluster::builder("detect_mass_reap")
         .gateways(2)
         .workers(0)
-        .gateway_args(["--max-participants", "2"])
         .start()
         .await;
-    let sid = new_session_id("detect-cap");
-    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
-    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
-    expect_joined(&mut alice, &bob).await;
-    alice.settle(Duration::from_millis(300)).await;
-    let (ghost, after) = (alice.participant_id.clone(), alice.last_seq);
+    let mut ghosts = Vec::new();
+    let mut watchers = Vec::new();
+    for s in 0..SESSIONS {
+        let sid = new_session_id(&format!("detect-mass{s}"));
+        watchers.push(cluster.collab(1, &sid, "watcher", "Watcher").await);
+        for p in 0..PER_SESSION {
+            let user = format!("u{p}");
+            let ghost = cluster.collab(0, &sid, &user, &user).await;
+            ghosts.push((s, ghost.participant_id.clone(), ghost));
+        }
+    }
+    // Several beats and reaper rounds pass: none of the live ones leaves.
+    for w in &mut watchers {
+        w.settle(Duration::from_millis(700)).await;
+    }
     let killed = Instant::now();
     cluster.gateways[0].kill().await;
-    drop(alice);
-    let back = cluster
-        .collab_after(1, &sid, "alice", "Alice", Some(after))
+    let ghosts: Vec<(usize, String)> = ghosts.into_iter().map(|(s, id, _)| (s, id)).collect();
+    let mut last_left = Duration::ZERO;
+    for (s, w) in watchers.iter_mut().enumerate() {
+        let expected: BTreeSet<&str> = ghosts
+            .iter()
+            .filter(|(gs, _)| *gs == s)
+            .map(|(_, id)| id.as_str())
+            .collect();
+        w.wait_for(
+            "every ghost's participant_left",
+            Duration::from_secs(15),
+            |m| m.events_of("participant_left").len() >= PER_SESSION,
+        )
         .await;
-    expect_joined(&mut bob, &back).await;
-    bob.wait_for("node_lost of the ghost", Duration::from_secs(10), |m| {
-        !lefts_of(m, &ghost).is_empty()
-    })
-    .await;
-    let reaped_after = killed.elapsed();
-    bob.settle(Duration::from_secs(1)).await;
-    let left = lefts_of(&bob, &ghost);
-    assert_eq!(left.len(), 1, "{}", describe(&bob.events));
-    assert_eq!(left[0]["payload"]["reason"], "node_lost");
-    bob.assert_no_errors();
-    eprintln!("detection: rejoin with afterSeq admitted beside its ghost; ghost reaped {reaped_after:?} after the kill");
+        last_left = last_left.max(killed.elapsed());
+        w.settle(Duration::from_millis(500)).await;
+        let lefts = w.events_of("participant_left");
+        let ids: Vec<&str> = lefts
+            .iter()
+            .filter_map(|f| f["payload"]["participantId"].as_str())
+            .collect();
+        assert_eq!(ids.len(), PER_SESSION, "each ghost leaves exactly once");
+        assert_eq!(ids.iter().copied().collect::<BTreeSet<_>>(), expected);
+        let reasons: BTreeSet<String> = lefts
+            .iter()
+            .map(|f| f["payload"]["reason"].to_string())
+            .collect();
+        assert_eq!(reasons, BTreeSet::from(["\"node_lost\"".to_owned()]));
+        w.assert_no_errors();
+    }
+    // The link goes with the process: about the grace (0.5 s) plus a reaper round.
+    assert!(
+        last_left < Duration::from_secs(8),
+        "{last_left:?} until the last participant_left"
+    );
+    eprintln!(
+        "detection: {} participants of a killed gateway left at their peers {last_left:?} after the kill",
+        SESSIONS * PER_SESSION
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------

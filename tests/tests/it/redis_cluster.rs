@@ -568,3 +568,59 @@ async fn the_whole_cluster_frozen_for_3_s_recovers_without_restarts() {
         "query_completed"
     );
 }
+
+/// The nodes' links to Redis (issue 19) all live on the master of the `{alive}` slot: killing it takes
+/// every link away at once, until the failover and the subscribers place them again. No live node is
+/// judged dead for it: a session across both gateways sees nobody leave, and chat still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_of_the_nodes_links_killed_reaps_no_live_node() {
+    let _serial = break_redis_cluster().await;
+    let cluster = Cluster::builder("redis_cluster_links_master_kill")
+        .redis(RedisMode::Cluster)
+        .gateways(2)
+        .workers(0)
+        .start()
+        .await;
+    let sid = new_session_id("links-master");
+    let mut alice = cluster.collab(0, &sid, "alice", "Alice").await;
+    let mut bob = cluster.collab(1, &sid, "bob", "Bob").await;
+    // Past the presence TTL: the nodes judge each other's links from now on.
+    bob.settle(Duration::from_millis(2500)).await;
+    let victim = master_port_of(&format!("{}:{{alive}}:x", cluster.prefix)).await;
+    signal(node_pid(victim), "-KILL");
+    let killed = Instant::now();
+    // The failover, the links placed again, and then several TTLs.
+    bob.settle(Duration::from_secs(8)).await;
+    alice.settle(Duration::from_millis(200)).await;
+    for m in [&alice, &bob] {
+        let lefts = m.events_of("participant_left");
+        assert!(
+            lefts.is_empty(),
+            "nobody left after the links' master was killed: {}",
+            describe(&m.events)
+        );
+    }
+    // Chat across the nodes still works once the cluster has failed over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let msg_id = format!("after-{n}");
+        alice.chat(Some(&msg_id), &msg_id, "still here").await;
+        let reply = alice.answer(&msg_id, Duration::from_secs(5)).await;
+        if ty(&reply) == "ack" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chat never went through: {}",
+            short(&reply)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "FIGURE links' master :{victim} killed: 0 participant_left; chat through {:?} after the kill",
+        killed.elapsed()
+    );
+    heal_cluster();
+}

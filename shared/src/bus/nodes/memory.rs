@@ -29,6 +29,14 @@ impl NodePresence for MemoryBus {
         Ok(())
     }
 
+    async fn node_listen(&self, _node_id: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    async fn node_links(&self) -> Result<Option<Vec<(String, u64)>>, BusError> {
+        Ok(None)
+    }
+
     async fn open_connection(
         &self,
         user: &str,

@@ -35,6 +35,15 @@ pub trait NodePresence: Send + Sync {
     /// Forgets a dead node once its participants are reaped.
     async fn forget_node(&self, node_id: &str) -> Result<(), BusError>;
 
+    /// Holds a link to Redis that lives exactly as long as this process (on Redis: a subscription to
+    /// the node's alive channel, placed again by the subscriber after any drop), so the peers see a
+    /// killed node's link gone at once ([`NodePresence::node_links`]).
+    async fn node_listen(&self, node_id: &str) -> Result<(), BusError>;
+
+    /// Every node of the node set with how many links it holds now (0: its process is gone, or it is
+    /// reconnecting). None where links are not watched (one process).
+    async fn node_links(&self) -> Result<Option<Vec<(String, u64)>>, BusError>;
+
     // ---- the per-user connection cap ---------------------------------------------------------------
 
     /// Takes (or renews) a connection slot of `user` for socket `socket` (unique over all nodes), for

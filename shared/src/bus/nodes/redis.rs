@@ -61,6 +61,44 @@ impl NodePresence for RedisBus {
         Ok(())
     }
 
+    async fn node_listen(&self, node_id: &str) -> Result<(), BusError> {
+        self.hold_channel(&self.keys.node_alive_channel(node_id))
+            .await
+    }
+
+    /// The node set, then one `PUBSUB SHARDNUMSUB` of every node's alive channel (on a cluster it goes
+    /// to every node and the counts are summed; only the slot's master has subscribers).
+    async fn node_links(&self) -> Result<Option<Vec<(String, u64)>>, BusError> {
+        let mut conn = self.conn.clone();
+        let nodes: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.nodes())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        if nodes.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut count = redis::cmd("PUBSUB");
+        count.arg("SHARDNUMSUB");
+        for node in &nodes {
+            count.arg(self.keys.node_alive_channel(node));
+        }
+        let counts: std::collections::HashMap<String, i64> = count.query_async(&mut conn).await?;
+        Ok(Some(
+            nodes
+                .into_iter()
+                .map(|node| {
+                    let n = counts
+                        .get(&self.keys.node_alive_channel(&node))
+                        .copied()
+                        .unwrap_or(0);
+                    (node, n.max(0) as u64)
+                })
+                .collect(),
+        ))
+    }
+
     async fn open_connection(
         &self,
         user: &str,

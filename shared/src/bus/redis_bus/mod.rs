@@ -109,6 +109,12 @@ impl RedisBus {
     }
 
     /// Runs one command whose integer reply (a count) is not needed.
+    /// Subscribes `channel` on the sharded subscriber for good (it is placed again after any drop);
+    /// what arrives on it is dropped (nobody publishes there).
+    pub(in crate::bus) async fn hold_channel(&self, channel: &str) -> Result<(), BusError> {
+        self.sharded.subscribe(channel).await
+    }
+
     pub(super) async fn command(&self, cmd: &redis::Cmd) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = cmd.query_async(&mut conn).await?;

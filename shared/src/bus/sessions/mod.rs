@@ -39,7 +39,18 @@ pub struct JoinRequest<'a> {
     pub replaces: Option<&'a str>,
     /// The `participant_left` frame (reason `replaced`) of `replaces`, without `seq`.
     pub replaced_frame: &'a str,
+    /// Nodes whose link to Redis is gone (dead, not reaped yet): a rejoin takes over the user's own
+    /// entries on them at once, each announced by `ghost_frame` (another live tab of the same user, on
+    /// a live node, is never taken).
+    pub gone_nodes: &'a [String],
+    /// The `participant_left` frame (reason `replaced`) of a ghost on a gone node, without `seq`, whose
+    /// participant id is [`GHOST_PLACEHOLDER`] (the bus puts each ghost's id there).
+    pub ghost_frame: &'a str,
 }
+
+/// The participant id of [`JoinRequest::ghost_frame`], replaced by each ghost's id: no participant
+/// has it (ids are `<userId>#<random>` with a non-empty user id), and JSON needs no escape for it.
+pub const GHOST_PLACEHOLDER: &str = "#ghost#";
 
 /// The session as of the joiner's own `participant_joined` event (`seq`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -93,6 +104,25 @@ pub trait SessionState: Send + Sync {
         node_id: &str,
         left_frame: &str,
     ) -> Result<Option<u64>, BusError>;
+
+    /// Several participants of one session leave at once (a dead node's reaper): each `(participant
+    /// id, left frame)` as [`SessionState::session_leave`] would, in one step on Redis; returns how
+    /// many were announced.
+    async fn session_leave_many(
+        &self,
+        session_id: &str,
+        node_id: &str,
+        leaves: &[(String, String)],
+    ) -> Result<usize, BusError> {
+        let mut announced = 0;
+        for (participant_id, left_frame) in leaves {
+            let left = self
+                .session_leave(session_id, participant_id, node_id, left_frame)
+                .await?;
+            announced += usize::from(left.is_some());
+        }
+        Ok(announced)
+    }
 
     /// Replaces the shared query text if `base_version` is current (or absent). `frame` contains
     /// [`VERSION_PLACEHOLDER`], replaced by the new version.

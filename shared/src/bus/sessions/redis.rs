@@ -82,6 +82,9 @@ impl SessionState for RedisBus {
             .arg(r.replaces.unwrap_or(""))
             .arg(r.replaced_frame)
             .arg(r.node_id)
+            .arg(r.gone_nodes.join("\t"))
+            .arg(r.ghost_frame)
+            .arg(format!("\"{}\"", super::GHOST_PLACEHOLDER))
             .invoke_async(&mut conn)
             .await?;
         self.wait_after(&self.keys.session_events(r.session_id))
@@ -116,6 +119,35 @@ impl SessionState for RedisBus {
         self.node_entry(false, node_id, session_id, participant_id)
             .await?;
         Ok((seq > 0).then_some(seq))
+    }
+
+    async fn session_leave_many(
+        &self,
+        session_id: &str,
+        node_id: &str,
+        leaves: &[(String, String)],
+    ) -> Result<usize, BusError> {
+        if leaves.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        let mut call = self.session_call(
+            lua!("session_leave_many.lua", with "session_lib.lua"),
+            session_id,
+        );
+        for (participant_id, left_frame) in leaves {
+            call.arg(participant_id).arg(left_frame);
+        }
+        let announced: usize = call.invoke_async(&mut conn).await?;
+        self.wait_after(&self.keys.session_events(session_id))
+            .await?;
+        let mut forget = redis::cmd("SREM");
+        forget.arg(self.keys.node_participants(node_id));
+        for (participant_id, _) in leaves {
+            forget.arg(Self::node_member(session_id, participant_id));
+        }
+        self.command(&forget).await?;
+        Ok(announced)
     }
 
     async fn session_update_query(

@@ -22,6 +22,9 @@ local rejoin = ARGV[9] == '1'
 local replaces = ARGV[10]         -- '' or the rejoiner's previous participant id
 local replaced_frame = ARGV[11]   -- its `participant_left` (reason `replaced`)
 local node_id = ARGV[12]          -- the joiner's node
+local gone_list = ARGV[13]        -- '' or tab-separated ids of nodes whose link to Redis is gone
+local ghost_frame = ARGV[14]      -- `participant_left` (reason `replaced`) of a ghost on a gone node
+local ghost_placeholder = ARGV[15] -- the JSON string standing for the ghost's id in ghost_frame
 
 -- A rejoin takes over its own previous entry (a ghost of a dead node, or a socket about to close): one
 -- `participant_left` for it, before the `participant_joined`. Only the same user's entry is taken.
@@ -31,6 +34,27 @@ if replaces ~= '' then
     redis.call('HDEL', k.participants, replaces)
     redis.call('HDEL', k.cursors, replaces)
     session_append(k, max_len, ttl_secs, replaced_frame)
+  end
+end
+
+-- A rejoin also takes over the user's entries on nodes whose link to Redis is gone (a dead node not
+-- reaped yet); the same user's entries on live nodes (other tabs) stay.
+if rejoin and gone_list ~= '' then
+  local gone = {}
+  for node in string.gmatch(gone_list, '[^\t]+') do gone[node] = true end
+  local entries = redis.call('HGETALL', k.participants)
+  for i = 1, #entries, 2 do
+    local id, p = entries[i], cjson.decode(entries[i + 1])
+    if p.userId == user_id and gone[p.nodeId] then
+      redis.call('HDEL', k.participants, id)
+      redis.call('HDEL', k.cursors, id)
+      local at = string.find(ghost_frame, ghost_placeholder, 1, true)
+      if at then
+        local frame = string.sub(ghost_frame, 1, at - 1) .. cjson.encode(id)
+          .. string.sub(ghost_frame, at + #ghost_placeholder)
+        session_append(k, max_len, ttl_secs, frame)
+      end
+    end
   end
 end
 
