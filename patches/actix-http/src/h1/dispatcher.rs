@@ -1493,6 +1493,23 @@ where
                     if inner_p.flags.intersects(Flags::LINGER | Flags::SHUTDOWN) {
                         cx.waker().wake_by_ref();
                     }
+
+                    // An upgraded (e.g. WebSocket) connection stays in this dispatcher for as long
+                    // as it is open and is mostly idle, waiting for the peer or the response body.
+                    // Release the buffers that hold nothing, so that it does not keep
+                    // 2 x `HW_BUFFER_SIZE` bytes reserved while it waits: `read_available` and the
+                    // encoder allocate again when there is something to read or write. Other
+                    // connections keep reusing their buffers across requests.
+                    if inner_p.codec.upgrade() {
+                        if inner_p.read_buf.is_empty() {
+                            *inner_p.read_buf = BytesMut::new();
+                        }
+                        if inner_p.write_buf.is_empty() {
+                            *inner_p.write_buf = BytesMut::new();
+                            *inner_p.write_buf_needs_reset = false;
+                        }
+                    }
+
                     Poll::Pending
                 };
 
