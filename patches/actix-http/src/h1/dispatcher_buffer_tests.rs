@@ -210,3 +210,55 @@ async fn buffer_above_configured_write_watermark_released() {
     // A larger watermark sets the limit directly; it is not multiplied by four.
     check_buffer_retention(512 * 1024, 256 * 1024, false, true).await;
 }
+
+/// An upgraded connection (a WebSocket served as a response body that lasts as long as the socket)
+/// holds no read or write buffer while it waits, and still carries bytes both ways afterwards.
+#[actix_rt::test]
+async fn upgraded_connection_releases_idle_buffers() {
+    let mut io = TestBuffer::new(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    );
+    let services = HttpFlow::new(
+        // Echoes the upgraded stream: what the peer sends comes back as the response body.
+        fn_service(|mut req: Request| async move {
+            Ok::<_, Error>(
+                Response::build(StatusCode::SWITCHING_PROTOCOLS)
+                    .upgrade("websocket")
+                    .body(crate::body::BodyStream::new(req.take_payload())),
+            )
+        }),
+        ExpectHandler,
+        None::<UpgradeHandler>,
+    );
+    let dispatcher = Dispatcher::new(
+        io.clone(),
+        services,
+        ServiceConfig::default(),
+        None,
+        OnConnectData::default(),
+    );
+    let mut dispatcher = pin!(dispatcher);
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+
+    macro_rules! assert_released {
+        () => {
+            let DispatcherState::Normal { inner } = &dispatcher.inner else {
+                panic!()
+            };
+            assert_eq!(inner.read_buf.capacity(), 0, "idle read buffer retained");
+            assert_eq!(inner.write_buf.capacity(), 0, "idle write buffer retained");
+        };
+    }
+
+    assert!(dispatcher.as_mut().poll(&mut cx).is_pending());
+    let head = io.take_write_buf();
+    assert!(head.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    assert_released!();
+
+    for frame in ["first frame", "second frame"] {
+        io.extend_read_buf(frame);
+        assert!(dispatcher.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(&io.take_write_buf()[..], frame.as_bytes());
+        assert_released!();
+    }
+}
