@@ -25,7 +25,7 @@ use c2s_shared::protocol::{
 use c2s_shared::telemetry;
 use futures_util::FutureExt;
 use governor::DefaultDirectRateLimiter;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use super::collab::{self, CollabJoin, Member};
@@ -65,7 +65,6 @@ impl Next {
 /// What the loop selects over besides the session's own state.
 struct Feeds {
     frames: AggregatedMessageStream,
-    outbound: mpsc::Receiver<Outbound>,
     heartbeat: tokio::time::Interval,
     draining: watch::Receiver<bool>,
     notices: broadcast::Receiver<ByteString>,
@@ -80,10 +79,11 @@ struct Session {
     identity: Identity,
     ws: actix_ws::Session,
     streams: Streams,
-    /// This socket's place in a collaboration session.
-    member: Option<Member>,
-    /// The user's cap over all nodes (None: no cap); goes back when the socket ends.
-    lease: Option<UserLease>,
+    /// This socket's place in a collaboration session (boxed: other endpoints pay a pointer).
+    member: Option<Box<Member>>,
+    /// The user's cap over all nodes (None: no cap); goes back when the socket ends. Boxed: without
+    /// a cap a socket pays a pointer.
+    lease: Option<Box<UserLease>>,
     rate: DefaultDirectRateLimiter,
     user_rate: Arc<DefaultDirectRateLimiter>,
     /// Frames refused for rate since the socket opened (over the limit: close 1008).
@@ -91,25 +91,61 @@ struct Session {
     last_heard: Instant,
 }
 
-pub async fn run(
+/// What a new socket starts with. Handed to the socket's task boxed: an async fn keeps its arguments
+/// for its whole life, so passed one by one they would cost every idle socket ~0.4 KB more.
+struct Opening {
     state: Arc<AppState>,
     endpoint: Endpoint,
     ws: actix_ws::Session,
     stream: MessageStream,
     identity: Identity,
     collab: Option<CollabJoin>,
-    _slot: ConnectionSlot,
-) {
-    let Some((mut session, outbound)) = Session::open(state, endpoint, ws, identity).await else {
+    slot: ConnectionSlot,
+}
+
+/// The socket's task, from the user's lease to the close frame.
+pub fn run(
+    state: Arc<AppState>,
+    endpoint: Endpoint,
+    ws: actix_ws::Session,
+    stream: MessageStream,
+    identity: Identity,
+    collab: Option<CollabJoin>,
+    slot: ConnectionSlot,
+) -> impl std::future::Future<Output = ()> {
+    run_opened(Box::new(Opening {
+        state,
+        endpoint,
+        ws,
+        stream,
+        identity,
+        collab,
+        slot,
+    }))
+}
+
+async fn run_opened(opening: Box<Opening>) {
+    let Opening {
+        state,
+        endpoint,
+        ws,
+        stream,
+        identity,
+        collab,
+        slot: _slot,
+    } = *opening;
+    // Boxed, as are the other one-off steps: the socket's future would otherwise keep room for the
+    // largest of them (the lease's bus call) for its whole life.
+    let Some(mut session) = Box::pin(Session::open(state, endpoint, ws, identity)).await else {
         return;
     };
     if let Some(join) = collab {
         if let Err(refusal) = Box::pin(session.join(join)).await {
-            session.end(Some(refusal)).await;
+            Box::pin(session.end(Some(refusal))).await;
             return;
         }
     }
-    let mut feeds = session.feeds(stream, outbound);
+    let mut feeds = session.feeds(stream);
     let path = endpoint.path();
     metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).increment(1.0);
     metrics::counter!(m::WS_CONNECTIONS_OPENED, "endpoint" => path).increment(1);
@@ -122,8 +158,11 @@ pub async fn run(
         .to_string();
     metrics::gauge!(m::WS_CONNECTIONS_OPEN, "endpoint" => path).decrement(1.0);
     metrics::counter!(m::WS_CONNECTIONS_CLOSED, "endpoint" => path, "code" => code).increment(1);
-    session.leave().await;
-    let _ = session.ws.close(reason).await;
+    Box::pin(async move {
+        session.leave().await;
+        let _ = session.ws.close(reason).await;
+    })
+    .await;
 }
 
 impl Session {
@@ -134,7 +173,7 @@ impl Session {
         endpoint: Endpoint,
         ws: actix_ws::Session,
         identity: Identity,
-    ) -> Option<(Session, mpsc::Receiver<Outbound>)> {
+    ) -> Option<Session> {
         let limits = &state.ws;
         let opened = UserLease::open(
             state.bus.clone(),
@@ -144,7 +183,7 @@ impl Session {
             limits.connection_lease(),
         )
         .await;
-        let (streams, outbound) = Streams::new(state.clone());
+        let streams = Streams::new(state.clone());
         let mut session = Session {
             rate: rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst),
             user_rate: state.user_rates.bucket(&identity.user_id),
@@ -159,7 +198,7 @@ impl Session {
             last_heard: Instant::now(),
         };
         match opened {
-            Ok(lease) => session.lease = lease,
+            Ok(lease) => session.lease = lease.map(Box::new),
             Err(over) => {
                 metrics::counter!(m::REFUSALS, "reason" => "user_connections").increment(1);
                 let refusal = Refusal::new(
@@ -174,14 +213,14 @@ impl Session {
                 return None;
             }
         }
-        Some((session, outbound))
+        Some(session)
     }
 
     /// Joins the collaboration session, follows its events and sends its `session_state`.
     async fn join(&mut self, join: CollabJoin) -> Result<(), Refusal> {
         let joined = collab::join(&self.state, &self.identity, join).await?;
         let topic = Topic::Session(joined.member.session_id.clone());
-        self.member = Some(joined.member);
+        self.member = Some(Box::new(joined.member));
         // The subscription is taken before session_state goes out; events after the snapshot queue up.
         self.streams
             .follow(topic, joined.follow_after)
@@ -195,14 +234,13 @@ impl Session {
     /// The feeds of the loop. Each socket's heartbeat starts at a random point of the interval:
     /// sockets opened in one burst (a reconnect storm) would otherwise all be pinged in the same
     /// millisecond, every interval.
-    fn feeds(&self, stream: MessageStream, outbound: mpsc::Receiver<Outbound>) -> Feeds {
+    fn feeds(&self, stream: MessageStream) -> Feeds {
         let limits = &self.state.ws;
         Feeds {
             frames: stream
                 .max_frame_size(limits.max_frame_bytes)
                 .aggregate_continuations()
                 .max_continuation_size(limits.max_frame_bytes),
-            outbound,
             heartbeat: jittered_interval(limits.heartbeat_interval()),
             draining: self.state.drain_signal(),
             notices: self.state.notices.subscribe(),
@@ -220,20 +258,21 @@ impl Session {
                 return Some(close_reason(Close::ServiceRestart));
             }
             let cursor_due = self.member.as_ref().and_then(|m| m.cursor_due);
+            let token_due = self.token_expiry();
             let next = tokio::select! {
                 frame = feeds.frames.recv() => match frame {
                     Some(frame) => Box::pin(self.on_frame(frame)).await,
                     None => Next::Close(None),
                 },
-                Some(outbound) = feeds.outbound.recv() => match outbound {
+                Some(outbound) = self.streams.recv() => match outbound {
                     Outbound::Frame(queued) => self.write(*queued).await,
                     Outbound::Follow(execution_id) => Box::pin(self.follow_shared(execution_id)).await,
                 },
                 _ = until(cursor_due) => Box::pin(self.flush_cursor()).await,
                 _ = feeds.draining.changed() => Next::Continue,
-                _ = until(self.token_expiry()) => self.token_expired().await,
+                _ = until(token_due) => Box::pin(self.token_expired()).await,
                 notice = feeds.notices.recv() => self.relay_notice(notice).await,
-                _ = tick_of(&mut feeds.status_tick) => self.send_node_status().await,
+                _ = tick_of(&mut feeds.status_tick) => Box::pin(self.send_node_status()).await,
                 _ = feeds.heartbeat.tick() => self.heartbeat().await,
             };
             if let Next::Close(reason) = next {
@@ -377,16 +416,16 @@ impl Session {
             state: &self.state,
             identity: &self.identity,
             streams: &mut self.streams,
-            member: self.member.as_ref(),
+            member: self.member.as_deref(),
         }
     }
 
     fn member(&self) -> Result<&Member, Refusal> {
-        self.member.as_ref().ok_or_else(not_a_member)
+        self.member.as_deref().ok_or_else(not_a_member)
     }
 
     fn member_mut(&mut self) -> Result<&mut Member, Refusal> {
-        self.member.as_mut().ok_or_else(not_a_member)
+        self.member.as_deref_mut().ok_or_else(not_a_member)
     }
 
     /// An event for this client from one of its streams, written within the send timeout.
@@ -578,5 +617,7 @@ async fn send_within(
     if let Some(done) = send.as_mut().now_or_never() {
         return Ok(done);
     }
-    tokio::time::timeout(limit, send).await
+    // Boxed: the timer is only needed on this slow path, and inline it would enlarge every idle
+    // socket's future.
+    Box::pin(tokio::time::timeout(limit, send)).await
 }

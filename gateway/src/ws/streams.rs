@@ -22,26 +22,52 @@ use crate::state::AppState;
 
 pub struct Streams {
     state: Arc<AppState>,
-    /// The socket's outbound channel (its receiver is the session loop's).
-    out: mpsc::Sender<Outbound>,
-    /// Bytes of event frames queued for this socket and not yet written (C2S_OUTBOUND_QUEUE_BYTES).
-    out_bytes: Arc<Semaphore>,
+    /// The socket's outbound channel and budget, made when the first stream is followed: a socket
+    /// that never follows one (an idle tab) pays no channel (tokio allocates a block of 32 slots and
+    /// a ~0.5 KB header per channel at creation).
+    outlet: Option<Outlet>,
     followed: HashMap<Topic, JoinHandle<()>>,
 }
 
+/// The socket's one outbound channel, both ends (the receiver is read by the session loop through
+/// [`Streams::recv`]), and its byte budget.
+struct Outlet {
+    out: mpsc::Sender<Outbound>,
+    inbox: mpsc::Receiver<Outbound>,
+    /// Bytes of event frames queued for this socket and not yet written (C2S_OUTBOUND_QUEUE_BYTES).
+    out_bytes: Arc<Semaphore>,
+}
+
 impl Streams {
-    /// The streams of a new socket, and the receiving end of its outbound channel.
-    pub fn new(state: Arc<AppState>) -> (Self, mpsc::Receiver<Outbound>) {
-        let limits = &state.ws;
-        let (out, outbound) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
-        let out_bytes = Arc::new(Semaphore::new(limits.outbound_queue_bytes.max(1)));
-        let streams = Streams {
+    /// The streams of a new socket (none followed, no channel yet).
+    pub fn new(state: Arc<AppState>) -> Self {
+        Streams {
             state,
-            out,
-            out_bytes,
+            outlet: None,
             followed: HashMap::new(),
-        };
-        (streams, outbound)
+        }
+    }
+
+    /// The next frame or instruction from the followed streams; pending forever while none was
+    /// ever followed. Never `None`: the streams keep a sender for as long as they live.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        match self.outlet.as_mut() {
+            Some(outlet) => outlet.inbox.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn outlet(&mut self) -> &Outlet {
+        let limits = &self.state.ws;
+        self.outlet.get_or_insert_with(|| {
+            let (out, inbox) = mpsc::channel::<Outbound>(limits.outbound_queue.max(1));
+            let out_bytes = Arc::new(Semaphore::new(limits.outbound_queue_bytes.max(1)));
+            Outlet {
+                out,
+                inbox,
+                out_bytes,
+            }
+        })
     }
 
     /// Refuses a new stream when the socket already follows its limit of them.
@@ -90,6 +116,8 @@ impl Streams {
             )),
             Topic::Session(_) => None,
         };
+        let outlet = self.outlet();
+        let (out, out_bytes) = (outlet.out.clone(), outlet.out_bytes.clone());
         let limits = &self.state.ws;
         let forward = Forward {
             bus,
@@ -97,8 +125,8 @@ impl Streams {
             topic: topic.clone(),
             subscription,
             after_seq,
-            out: self.out.clone(),
-            out_bytes: self.out_bytes.clone(),
+            out,
+            out_bytes,
             budget_total: limits.outbound_queue_bytes.max(1),
             resync_interval: limits.resync_interval(),
             replay_batch: limits.replay_batch.max(1),

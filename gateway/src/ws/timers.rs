@@ -32,10 +32,11 @@ pub async fn tick_of(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Resolves at `deadline` (never, without one).
+/// Resolves at `deadline` (never, without one). The timer is boxed: the socket loop selects over
+/// two of these, and inline each would cost every socket's future ~130 bytes, deadline or not.
 pub async fn until(deadline: Option<Instant>) {
     match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => Box::pin(tokio::time::sleep_until(at.into())).await,
         None => std::future::pending().await,
     }
 }
