@@ -37,6 +37,12 @@ pub struct Options {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// How the client reads a `data_chunk`: `count` checks its JSON and counts its rows without
+    /// building them (like psql's COPY into /dev/null, so the figure is the system's, not the
+    /// client's JSON library's); `typed` builds every row as a `serde_json::Value`, as a client that
+    /// uses each row would.
+    #[arg(long, default_value = "count", value_parser = ["count", "typed"])]
+    pub decode: String,
     /// PostgreSQL URL of the workers' database: adds the baselines of the same run (psql COPY of
     /// the same query to /dev/null, and PostgreSQL's own time to its first row).
     #[arg(long)]
@@ -82,7 +88,7 @@ pub async fn run(base_url: &str, o: Options) -> anyhow::Result<Value> {
         };
         let f = tokio::time::timeout(
             Duration::from_secs(o.timeout_secs),
-            stream_once(&url, &o.query, options),
+            stream_once(&url, &o.query, options, o.decode == "typed"),
         )
         .await
         .context("run timed out")??;
@@ -123,6 +129,17 @@ pub async fn run(base_url: &str, o: Options) -> anyhow::Result<Value> {
     Ok(figures)
 }
 
+/// Execution events come numbered 1, 2, 3, … without a gap.
+fn check_seq(last_seq: &mut u64, seq: Option<u64>) -> anyhow::Result<()> {
+    if let Some(seq) = seq {
+        if seq != *last_seq + 1 {
+            bail!("seq gap: {last_seq} then {seq}");
+        }
+        *last_seq = seq;
+    }
+    Ok(())
+}
+
 /// The best rate and the median time to the first chunk.
 fn print_summary(all: &[RunFigures]) {
     if let Some(best) = all
@@ -156,11 +173,16 @@ fn figures_of(o: &Options, all: &[RunFigures]) -> Value {
         })
         .collect();
     let figures = json!({"scenario": "stream", "query": o.query, "chunk_size": o.chunk_size,
-           "row_format": o.row_format, "runs": runs});
+           "row_format": o.row_format, "decode": o.decode, "runs": runs});
     figures
 }
 
-async fn stream_once(url: &str, query: &str, options: QueryOptions) -> anyhow::Result<RunFigures> {
+async fn stream_once(
+    url: &str,
+    query: &str,
+    options: QueryOptions,
+    typed: bool,
+) -> anyhow::Result<RunFigures> {
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
         .await
         .with_context(|| format!("connecting to {url}"))?;
@@ -180,13 +202,16 @@ async fn stream_once(url: &str, query: &str, options: QueryOptions) -> anyhow::R
             _ => continue,
         };
         bytes += text.len() as u64;
-        let frame = frames::parse(&text)?;
-        if let Some(seq) = frame.seq {
-            if seq != last_seq + 1 {
-                bail!("seq gap: {last_seq} then {seq}");
+        if !typed {
+            if let Some((seq, n)) = frames::chunk_row_count(&text) {
+                check_seq(&mut last_seq, seq)?;
+                first_chunk.get_or_insert(t0.elapsed());
+                rows += n;
+                continue;
             }
-            last_seq = seq;
         }
+        let frame = frames::parse(&text)?;
+        check_seq(&mut last_seq, frame.seq)?;
         match frame.message {
             ServerMessage::Ack(_) => ack = Some(t0.elapsed()),
             ServerMessage::QueryStarted(_) => started = Some(t0.elapsed()),

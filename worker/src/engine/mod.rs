@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod untraced;
 
 use async_trait::async_trait;
 use c2s_shared::bus::Job;

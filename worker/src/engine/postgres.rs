@@ -35,6 +35,7 @@ use sqlx::{Column as _, Executor, Postgres, Row, Statement, Type, TypeInfo, Valu
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::untraced::Untraced;
 use super::{parse_params, Completed, Failure, Param, SqlEngine};
 use crate::config::{QueryLimits, ResolvedOptions};
 use crate::events::{Chunker, EventSink, Pushed, PROGRESS_EXECUTING};
@@ -348,7 +349,9 @@ async fn stream_cursor(
             asked.push(n);
             left_to_ask -= n;
         }
-        let mut stream = (&mut *pg).fetch_many(sql.as_str());
+        let conn = &mut *pg;
+        let sql = sql.as_str();
+        let mut stream = Untraced::new(move || conn.fetch_many(sql));
         // The first result is the SET's; then one per FETCH, after its rows.
         let (mut results, mut in_fetch, mut exhausted) = (0usize, 0u64, false);
         while let Some(item) = next_item(limits, &mut stream).await? {
@@ -405,13 +408,16 @@ async fn stream_direct(
 ) -> Result<Streamed, Failure> {
     // Without params the simple protocol returns text, like FETCH; with params the rows are binary
     // and only text-like columns can be sent (see `RowEncoder::binary_cell`).
-    let mut stream = if params.is_empty() {
-        (&mut *pg).fetch(sql)
-    } else {
-        sqlx::query_with(sql, super::bind_all::<Postgres>(params))
-            .persistent(false)
-            .fetch(&mut *pg)
-    };
+    let conn = &mut *pg;
+    let mut stream = Untraced::new(move || {
+        if params.is_empty() {
+            conn.fetch(sql)
+        } else {
+            sqlx::query_with(sql, super::bind_all::<Postgres>(params))
+                .persistent(false)
+                .fetch(conn)
+        }
+    });
     while let Some(row) = next_item(limits, &mut stream).await? {
         if rows.push(chunker, &row).await? == Pushed::Full {
             return Ok(Streamed {
