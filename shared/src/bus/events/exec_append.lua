@@ -1,5 +1,8 @@
 -- Appends event `seq` to an execution's log (entry id `<seq>-0`) and publishes it on the execution's
--- sharded channel, in one atomic step, so the log and the live feed agree.
+-- sharded channel, in one atomic step, so the log and the live feed agree. The writer sends the event
+-- in its live encoding (`<seq> <0|1> <frame>`), which is both the log entry's `e` field and the
+-- published message: the frame (up to C2S_MAX_CHUNK_BYTES) is not copied into a new Lua string, which
+-- cost Redis about as much as the rest of the script for a 60 KB chunk.
 -- The log is append-only and numbered without gaps: the event is written only if the last one written
 -- is seq - 1. If it is already seq, this is a retry of a write whose reply was lost: nothing is written
 -- again. Anything else means events the writer wrote are missing (a failover promoted a replica that had
@@ -16,7 +19,7 @@ local live_channel = KEYS[3]  -- sharded pub/sub channel (same hash tag, so the 
 local followers_key = KEYS[4] -- hash of the followers' positions
 local seq = tonumber(ARGV[1])
 local terminal = ARGV[2]      -- '1' or '0'
-local frame = ARGV[3]
+local event = ARGV[3]        -- '<seq> <terminal> <frame>'
 local max_len = ARGV[4]
 local ttl_secs = ARGV[5]
 local force = ARGV[6]
@@ -31,7 +34,7 @@ if force ~= '1' then
   end
   if last ~= seq - 1 then return redis.error_reply('LOGLOST ' .. last) end
 end
-redis.call('XADD', events_key, 'MAXLEN', '~', max_len, seq .. '-0', 't', terminal, 'f', frame)
+redis.call('XADD', events_key, 'MAXLEN', '~', max_len, seq .. '-0', 'e', event)
 redis.call('HSET', state_key, 'seq', seq)
 if terminal == '1' then
   redis.call('HSET', state_key, 'state', 'done')
@@ -40,5 +43,5 @@ if terminal == '1' then
 end
 redis.call('EXPIRE', events_key, ttl_secs)
 redis.call('EXPIRE', state_key, ttl_secs)
-redis.call('SPUBLISH', live_channel, seq .. ' ' .. terminal .. ' ' .. frame)
+redis.call('SPUBLISH', live_channel, event)
 return {1, owner}

@@ -225,7 +225,7 @@ impl RedisBus {
             .arg(self.keys.execution_followers(execution_id))
             .arg(event.seq)
             .arg(u8::from(event.terminal))
-            .arg(&*event.frame)
+            .arg(event.encode())
             .arg(self.settings.event_stream_max_len)
             .arg(self.settings.event_ttl.as_secs())
             .arg(u8::from(force))

@@ -24,10 +24,22 @@ pub(super) fn field_bytes<'a>(
     }
 }
 
-/// An event log entry as a [`BusEvent`].
+/// An event log entry as a [`BusEvent`]: an execution's event in its live encoding (field `e`, what
+/// `exec_append.lua` writes), or the `t` and `f` fields (session events, an orphan's end, and entries
+/// written before the `e` field existed).
 pub(in crate::bus) fn event_of_entry(entry: &StreamId) -> Result<BusEvent, BusError> {
     let seq = seq_of_entry(&entry.id)
         .ok_or_else(|| BusError::Malformed(format!("event id {}", entry.id)))?;
+    if let Some(live) = field_bytes(&entry.map, "e") {
+        let event = BusEvent::decode(live)?;
+        if event.seq != seq {
+            return Err(BusError::Malformed(format!(
+                "event {} holds seq {}",
+                entry.id, event.seq
+            )));
+        }
+        return Ok(event);
+    }
     let terminal = field_bytes(&entry.map, "t") == Some(b"1");
     let frame = field_bytes(&entry.map, "f")
         .ok_or_else(|| BusError::Malformed(format!("event {} has no frame", entry.id)))?;
