@@ -11,13 +11,16 @@
 //! Invariants: the wait ends with the query's deadline (reader pauses count against `timeoutMs`), with a
 //! cancel, or — when no follower has been live for the resume grace — with [`Failure::NoReaders`]; the
 //! followers are asked once per quarter window of bytes while it is not full, so a fast reader costs
-//! a round trip per couple of MiB.
+//! a round trip per couple of MiB. While the window has room that question runs beside the query (its
+//! answer is taken at a later chunk), so a fast reader's query never waits for it; at most one question
+//! is out at a time, and only a full window waits for an answer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c2s_shared::bus::Bus;
+use c2s_shared::bus::{Bus, BusError, Followers};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::Failure;
@@ -48,6 +51,22 @@ pub struct Window {
     asked_at: u64,
     /// Since when no follower was live (as last seen).
     alone_since: Option<Instant>,
+    /// The question to the followers that runs beside the query, if one is out.
+    asking: Option<Ask>,
+}
+
+/// A question to the followers on its way: what it may trim, and its answer.
+struct Ask {
+    trim_up_to: u64,
+    answer: JoinHandle<Result<Followers, BusError>>,
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        if let Some(ask) = self.asking.take() {
+            ask.answer.abort();
+        }
+    }
 }
 
 impl Window {
@@ -65,6 +84,7 @@ impl Window {
             taken: 0,
             asked_at: 0,
             alone_since: None,
+            asking: None,
         }
     }
 
@@ -91,11 +111,20 @@ impl Window {
 
     async fn wait_for_room(&mut self, size: u64, limits: &Limits) -> Result<(), Failure> {
         let fits = |w: &Window| w.total - w.taken + size <= w.bytes;
-        if fits(self) && self.total - self.asked_at < self.bytes / 4 {
+        if self.asking.as_ref().is_some_and(|a| a.answer.is_finished()) {
+            self.answered().await?;
+        }
+        if fits(self) {
+            if self.asking.is_none() && self.total - self.asked_at >= self.bytes / 4 {
+                self.ask();
+            }
             return Ok(());
         }
         loop {
-            self.ask().await?;
+            if self.asking.is_none() {
+                self.ask();
+            }
+            self.answered().await?;
             if fits(self) {
                 return Ok(());
             }
@@ -114,8 +143,9 @@ impl Window {
         }
     }
 
-    /// Asks where the followers are, trimming from the log what lies a window behind what they all took.
-    async fn ask(&mut self) -> Result<(), Failure> {
+    /// Asks where the followers are (on a task of its own), trimming from the log what lies a window
+    /// behind what they all took.
+    fn ask(&mut self) {
         let keep_from = self.taken.saturating_sub(self.bytes);
         // The last event whose bytes all lie before that margin (0: none).
         let trim_up_to = self
@@ -124,8 +154,21 @@ impl Window {
             .take_while(|(_, upto)| *upto <= keep_from)
             .last()
             .map_or(0, |(seq, _)| *seq);
-        let followers = self.bus.followers(&self.execution_id, trim_up_to).await?;
+        let (bus, execution_id) = (self.bus.clone(), self.execution_id.clone());
+        let answer =
+            tokio::spawn(async move { bus.followers(&execution_id, trim_up_to).await });
         self.asked_at = self.total;
+        self.asking = Some(Ask { trim_up_to, answer });
+    }
+
+    /// Waits for the answer of the question that is out (if any) and takes it in.
+    async fn answered(&mut self) -> Result<(), Failure> {
+        let Some(Ask { trim_up_to, answer }) = self.asking.take() else {
+            return Ok(());
+        };
+        let followers = answer
+            .await
+            .map_err(|e| BusError::Unavailable(format!("asking the followers failed: {e}")))??;
         match followers.min_taken {
             Some(lowest) if followers.live > 0 => {
                 self.alone_since = None;
