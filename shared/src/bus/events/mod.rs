@@ -138,6 +138,15 @@ pub trait EventLog: Send + Sync {
     /// Appends the event to the execution's log and publishes it live; a terminal event marks it done.
     async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError>;
 
+    /// [`EventLog::publish_event`] of consecutive events (`seq`s without a gap; only the last may be
+    /// terminal), as one step where the bus can: one round trip for the chunks a writer has ready.
+    async fn publish_events(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {
+        for event in events {
+            self.publish_event(execution_id, event).await?;
+        }
+        Ok(())
+    }
+
     /// Ends, with a terminal `query_error` every follower receives, an execution whose job will never run
     /// (abandoned mid-enqueue, or lost from the queue in a failover); true if it did. Followers of a
     /// queued execution call it when their stream is quiet.

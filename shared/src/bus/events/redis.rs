@@ -122,7 +122,14 @@ impl EventLog for RedisBus {
     }
 
     async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
-        self.publish(execution_id, event).await
+        self.publish(execution_id, std::slice::from_ref(event)).await
+    }
+
+    async fn publish_events(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.publish(execution_id, events).await
     }
 
     async fn end_if_orphaned(&self, execution_id: &str) -> Result<bool, BusError> {
@@ -180,16 +187,20 @@ impl EventLog for RedisBus {
 }
 
 impl RedisBus {
-    /// Appends and publishes one event, retrying through a failover; ends the stream explicitly when the
-    /// log lost events this writer had written. Frees the owner's slot after a terminal event.
-    async fn publish(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
+    /// Appends and publishes consecutive events (at least one) in one script call, retrying through a
+    /// failover; ends the stream explicitly when the log lost events this writer had written. Frees the
+    /// owner's slot after a terminal event.
+    async fn publish(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {
+        let (Some(first), Some(event)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
         let deadline = tokio::time::Instant::now() + self.settings.publish_retry;
         let mut delay = Duration::from_millis(50);
         let appended = loop {
-            match self.append_event(execution_id, event, false).await {
+            match self.append_events(execution_id, events, false).await {
                 Ok(a) => break a,
                 Err(e) if retryable(&e) && tokio::time::Instant::now() + delay < deadline => {
-                    tracing::debug!(%execution_id, seq = event.seq, error = %e, "publish failed; retrying");
+                    tracing::debug!(%execution_id, seq = first.seq, error = %e, "publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
@@ -199,7 +210,7 @@ impl RedisBus {
         let owner = match appended {
             Appended::Yes(owner) => owner,
             Appended::LogLost(last) => {
-                return Err(self.end_lost_log(execution_id, event.seq, last).await)
+                return Err(self.end_lost_log(execution_id, first.seq, last).await)
             }
         };
         if event.terminal && !owner.is_empty() {
@@ -208,10 +219,11 @@ impl RedisBus {
         Ok(())
     }
 
-    async fn append_event(
+    /// One `exec_append.lua` call for consecutive `events` (at least one).
+    async fn append_events(
         &self,
         execution_id: &str,
-        event: &BusEvent,
+        events: &[BusEvent],
         force: bool,
     ) -> Result<Appended, RedisError> {
         let script = lua!("exec_append.lua");
@@ -223,13 +235,14 @@ impl RedisBus {
             .arg(self.keys.execution_events(execution_id))
             .arg(self.keys.execution_channel(execution_id))
             .arg(self.keys.execution_followers(execution_id))
-            .arg(event.seq)
-            .arg(u8::from(event.terminal))
-            .arg(event.encode())
+            .arg(events.first().map_or(0, |e| e.seq))
             .arg(self.settings.event_stream_max_len)
             .arg(self.settings.event_ttl.as_secs())
             .arg(u8::from(force))
             .arg(self.settings.finished_retention.as_secs().max(1));
+        for event in events {
+            evalsha.arg(u8::from(event.terminal)).arg(event.encode());
+        }
         let state_key = self.keys.execution(execution_id);
         let reply = self
             .eval_and_wait::<(i64, String)>(script, evalsha, &state_key)
@@ -268,7 +281,10 @@ impl RedisBus {
             terminal: true,
             frame: frame.to_text().into(),
         };
-        if let Err(e) = self.append_event(execution_id, &end, true).await {
+        if let Err(e) = self
+            .append_events(execution_id, std::slice::from_ref(&end), true)
+            .await
+        {
             tracing::error!(%execution_id, error = %e, "could not end the stream of a lost execution");
         }
         BusError::Unavailable(format!(
