@@ -388,7 +388,10 @@ impl Relay {
             Ok(permit) => Some(permit),
             Err(_) => return Flow::Done,
         };
-        let written = self.follower.as_ref().map(|f| f.written(event.seq));
+        let written = self
+            .follower
+            .as_ref()
+            .map(|f| f.written(event.seq, event.frame.len()));
         if telemetry::exporting() {
             if self.deliver.is_none() {
                 self.deliver = DeliverSpan::start(&self.topic, &event.frame);
