@@ -371,12 +371,13 @@ impl<'a> Chunker<'a> {
             && (self.rows_in_chunk >= self.options.chunk_size as usize
                 || self.data.len() > self.chunk_budget)
         {
-            // The new row (after its leading comma) opens the next chunk.
-            let row = self.data.split_off(start + 1);
+            // The new row (after its leading comma) opens the next chunk, in the same buffer (its
+            // capacity is kept, so a chunk is not grown again from nothing by doublings).
+            let row = self.data[start + 1..].to_vec();
             self.data.truncate(start);
             self.announce(false).await?;
             self.flush().await?;
-            self.data = row;
+            self.data.extend_from_slice(&row);
         }
         self.rows_in_chunk += 1;
         self.total_rows += 1;

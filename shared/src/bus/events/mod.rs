@@ -34,7 +34,13 @@ pub struct BusEvent {
 impl BusEvent {
     /// Live pub/sub encoding: `"<seq> <0|1> <frame>"` (the frame is JSON and is never parsed on the way).
     pub fn encode(&self) -> String {
-        format!("{} {} {}", self.seq, u8::from(self.terminal), self.frame)
+        let seq = self.seq.to_string();
+        // Sized up front: a chunk's frame is copied once, not once per doubling of the buffer.
+        let mut out = String::with_capacity(seq.len() + 3 + self.frame.len());
+        out.push_str(&seq);
+        out.push_str(if self.terminal { " 1 " } else { " 0 " });
+        out.push_str(&self.frame);
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BusEvent, BusError> {

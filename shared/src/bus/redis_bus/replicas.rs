@@ -85,7 +85,7 @@ impl RedisBus {
     /// failover meanwhile is detected by the checks of `jobs/redis.rs` and `events/redis.rs`).
     pub(in crate::bus) async fn write_and_wait<T: redis::FromRedisValue>(
         &self,
-        write: redis::Cmd,
+        write: &redis::Cmd,
         key: &str,
     ) -> Result<(T, i64), BusError> {
         let mut conn = self.conn.clone();
@@ -95,7 +95,8 @@ impl RedisBus {
             return Ok((value, 0));
         }
         let mut pipe = redis::pipe();
-        pipe.add_command(write)
+        // The pipeline owns its commands: a copy of the write (its frames too) only when it WAITs.
+        pipe.add_command(write.clone())
             .cmd("WAIT")
             .arg(wanted)
             .arg(self.replicas.timeout.as_millis() as u64);
@@ -125,13 +126,14 @@ impl RedisBus {
         evalsha: redis::Cmd,
         key: &str,
     ) -> Result<(T, i64), BusError> {
-        match self.write_and_wait::<T>(evalsha.clone(), key).await {
+        // By reference: a chunk's EVALSHA carries its frames, which are not copied for the rare retry.
+        match self.write_and_wait::<T>(&evalsha, key).await {
             Err(BusError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 let mut conn = self.conn.clone();
                 script.prepare_invoke().load_async(&mut conn).await?;
-                self.write_and_wait::<T>(evalsha, key).await
+                self.write_and_wait::<T>(&evalsha, key).await
             }
             other => other,
         }
