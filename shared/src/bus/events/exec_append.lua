@@ -24,7 +24,8 @@ local ttl_secs = ARGV[3]
 local force = ARGV[4]
 local finished_ttl_secs = ARGV[5]
 -- ARGV[6], ARGV[7], …: for each event, '1' if it is terminal ('0' if not), then its live encoding
-local count = (#ARGV - 5) / 2
+local batch = {unpack(ARGV, 6)}
+local count = #batch / 2
 local final = first + count - 1
 
 local last = tonumber(redis.call('HGET', state_key, 'seq') or '0')
@@ -39,9 +40,9 @@ end
 local ended = false
 for i = 0, count - 1 do
   local seq = first + i
-  local event = ARGV[7 + 2 * i]
+  local event = batch[2 + 2 * i]
   redis.call('XADD', events_key, 'MAXLEN', '~', max_len, seq .. '-0', 'e', event)
-  if ARGV[6 + 2 * i] == '1' then ended = true end
+  if batch[1 + 2 * i] == '1' then ended = true end
 end
 redis.call('HSET', state_key, 'seq', final)
 if ended then
@@ -52,6 +53,6 @@ end
 redis.call('EXPIRE', events_key, ttl_secs)
 redis.call('EXPIRE', state_key, ttl_secs)
 for i = 0, count - 1 do
-  redis.call('SPUBLISH', live_channel, ARGV[7 + 2 * i])
+  redis.call('SPUBLISH', live_channel, batch[2 + 2 * i])
 end
 return {1, owner}
