@@ -163,16 +163,11 @@ impl JobQueue for RedisBus {
 impl RedisBus {
     /// The enqueue, in the steps of the module doc.
     async fn enqueue_steps(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
-        let mut conn = self.conn.clone();
-        let leased: i64 = lua!("lease_acquire.lua")
-            .key(self.keys.user_running(&job.owner))
-            .arg(&job.execution_id)
-            .arg(max_per_user)
-            .arg(crate::now_ms())
-            .arg(self.settings.user_lease.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        if leased == 0 {
+        let mut leased = self.acquire_lease(job, max_per_user).await?;
+        if !leased && self.free_ended_slots(&job.owner).await? > 0 {
+            leased = self.acquire_lease(job, max_per_user).await?;
+        }
+        if !leased {
             return Ok(false);
         }
         if let Err(e) = self.enqueue_after_lease(job).await {
@@ -182,6 +177,47 @@ impl RedisBus {
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Step 1: one of the owner's slots (`lease_acquire.lua`); false when all are held.
+    async fn acquire_lease(&self, job: &Job, max_per_user: usize) -> Result<bool, BusError> {
+        let mut conn = self.conn.clone();
+        let leased: i64 = lua!("lease_acquire.lua")
+            .key(self.keys.user_running(&job.owner))
+            .arg(&job.execution_id)
+            .arg(max_per_user)
+            .arg(crate::now_ms())
+            .arg(self.settings.user_lease.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(leased != 0)
+    }
+
+    /// Frees the owner's slots whose executions already ended; returns how many. A worker frees a slot
+    /// only after the terminal event is written (another slot, another round trip), so a client that
+    /// saw its query end and asks again at once could otherwise be refused for a query that is over.
+    /// Only `done` counts: a state not written yet is an enqueue on its way, which holds its slot.
+    async fn free_ended_slots(&self, owner: &str) -> Result<usize, BusError> {
+        let mut conn = self.conn.clone();
+        let held: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.keys.user_running(owner))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        let mut freed = 0;
+        for execution_id in held {
+            let state: Option<String> = redis::cmd("HGET")
+                .arg(self.keys.execution(&execution_id))
+                .arg("state")
+                .query_async(&mut conn)
+                .await?;
+            if state.as_deref() == Some("done") {
+                self.release_lease(owner, &execution_id).await?;
+                freed += 1;
+            }
+        }
+        Ok(freed)
     }
 
     /// Steps 2 to 4 (the owner's slot is held).
