@@ -13,9 +13,12 @@ use actix_http::{
     ws::handshake,
 };
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
-use tokio::sync::{mpsc::channel, oneshot};
+use tokio::sync::oneshot;
+
+use crate::channel::channel;
 
 mod aggregated;
+mod channel;
 pub mod codec;
 mod session;
 mod stream;

@@ -17,9 +17,9 @@ use actix_web::{
 };
 use bytestring::ByteString;
 use futures_core::stream::Stream;
-use tokio::sync::{mpsc::Receiver, oneshot};
+use tokio::sync::oneshot;
 
-use crate::AggregatedMessageStream;
+use crate::{channel::Receiver, AggregatedMessageStream};
 
 // RFC 6455: Control frames MUST have payload length <= 125 bytes.
 // Close payload is: 2-byte close code + optional UTF-8 reason, therefore the reason is <= 123 bytes.
@@ -148,19 +148,8 @@ impl Stream for StreamingBody {
             return Poll::Ready(None);
         }
 
-        if !this.closing {
-            loop {
-                match Pin::new(&mut this.session_rx).poll_recv(cx) {
-                    Poll::Ready(Some(msg)) => {
-                        this.messages.push_back(msg);
-                    }
-                    Poll::Ready(None) => {
-                        this.closing = true;
-                        break;
-                    }
-                    Poll::Pending => break,
-                }
-            }
+        if !this.closing && this.session_rx.poll_recv_all(cx, &mut this.messages).is_ready() {
+            this.closing = true;
         }
 
         while let Some(mut msg) = this.messages.pop_front() {
@@ -202,6 +191,10 @@ impl Stream for StreamingBody {
                 break;
             }
         }
+
+        // Every message is encoded: release the queue's buffer (it came from the channel), so an
+        // idle socket holds none.
+        this.messages = VecDeque::new();
 
         if !this.buf.is_empty() {
             // Avoid retaining an ever-growing buffer after large payloads:
@@ -531,7 +524,7 @@ pub(crate) mod tests {
         }
 
         std::future::poll_fn(move |cx| {
-            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            let (_tx, rx) = crate::channel::channel::<Message>(1);
             let (connection_closed_tx, connection_closed_rx) = oneshot::channel();
 
             let response_body =
@@ -567,7 +560,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stream_produces_bytes_from_messages() {
         std::future::poll_fn(move |cx| {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let (mut tx, rx) = crate::channel::channel(1);
 
             let stream = StreamingBody::new(rx);
 
@@ -608,7 +601,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stream_processes_many_consecutive_messages() {
         std::future::poll_fn(move |cx| {
-            let (tx, rx) = tokio::sync::mpsc::channel(3);
+            let (mut tx, rx) = crate::channel::channel(3);
 
             let stream = StreamingBody::new(rx);
 
@@ -645,7 +638,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stream_closes_after_close_message_even_if_sender_alive() {
         std::future::poll_fn(move |cx| {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let (mut tx, rx) = crate::channel::channel(1);
 
             let stream = StreamingBody::new(rx);
             let mut stream = std::pin::pin!(stream);
@@ -681,7 +674,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn stream_closes() {
         std::future::poll_fn(move |cx| {
-            let (tx, rx) = tokio::sync::mpsc::channel(3);
+            let (tx, rx) = crate::channel::channel::<Message>(3);
 
             drop(tx);
             let stream = StreamingBody::new(rx);
@@ -705,7 +698,7 @@ pub(crate) mod tests {
         use actix_http::ws::{CloseCode, CloseReason, Frame};
         use futures_util::StreamExt as _;
 
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut tx, rx) = crate::channel::channel(1);
         let mut stream = StreamingBody::new(rx);
 
         let reason = CloseReason {
@@ -747,7 +740,7 @@ pub(crate) mod tests {
         use actix_http::ws::{CloseCode, CloseReason, Frame};
         use futures_util::StreamExt as _;
 
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut tx, rx) = crate::channel::channel(1);
         let mut stream = StreamingBody::new(rx);
 
         // Create a reason where truncating at 123 bytes would split a multi-byte UTF-8 character.
@@ -791,7 +784,7 @@ pub(crate) mod tests {
         use actix_http::ws::Frame;
         use futures_util::StreamExt as _;
 
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut tx, rx) = crate::channel::channel(1);
         let mut stream = StreamingBody::new(rx);
 
         let payload = Bytes::from(vec![0xAA; 200]);
@@ -828,7 +821,7 @@ pub(crate) mod tests {
         use actix_http::ws::Frame;
         use futures_util::StreamExt as _;
 
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (mut tx, rx) = crate::channel::channel(1);
         let mut stream = StreamingBody::new(rx);
 
         let payload = Bytes::from(vec![0xBB; 200]);
