@@ -23,6 +23,9 @@ pub mod codec;
 mod session;
 mod stream;
 
+#[cfg(test)]
+mod idle_alloc_tests;
+
 pub use self::{
     aggregated::{AggregatedMessage, AggregatedMessageStream},
     session::{Closed, Session},
