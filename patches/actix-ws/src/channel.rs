@@ -228,7 +228,11 @@ impl<T> Receiver<T> {
     /// When `out` is empty the queue's buffer itself moves to `out` and the channel keeps `out`'s
     /// old (empty) buffer: a caller that releases `out`'s buffer once it has handled the messages
     /// leaves nothing allocated while idle.
-    pub(crate) fn poll_recv_all(&mut self, cx: &mut Context<'_>, out: &mut VecDeque<T>) -> Poll<()> {
+    pub(crate) fn poll_recv_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut VecDeque<T>,
+    ) -> Poll<()> {
         let mut state = lock(&self.shared);
 
         let tx_wakers = if state.queue.is_empty() {

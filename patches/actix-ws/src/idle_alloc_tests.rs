@@ -14,10 +14,11 @@ use std::{
 
 use actix_web::{
     body::{BoxBody, MessageBody},
-    web::Bytes,
     http::header::{self, HeaderValue},
     test::TestRequest,
-    web, FromRequest,
+    web,
+    web::Bytes,
+    FromRequest,
 };
 
 thread_local! {
@@ -80,7 +81,10 @@ fn open_socket() -> (BoxBody, crate::Session, crate::MessageStream) {
     let (req, mut payload) = TestRequest::default()
         .insert_header((header::UPGRADE, HeaderValue::from_static("websocket")))
         .insert_header((header::CONNECTION, HeaderValue::from_static("upgrade")))
-        .insert_header((header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13")))
+        .insert_header((
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        ))
         .insert_header((
             header::SEC_WEBSOCKET_KEY,
             HeaderValue::from_static("x3JJHMbDL1EzLkh9GBhXDw=="),

@@ -237,7 +237,7 @@ impl Sink<Message> for Session {
         }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.pre_check();
         // A sent message is in the channel at once: nothing to flush (as with `PollSender`).
         if self.inner.is_some() {
@@ -247,7 +247,7 @@ impl Sink<Message> for Session {
         }
     }
 
-    fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.closed.store(true, Ordering::Relaxed);
         // `PollSender::close` dropped its sender (and any reserved slot); so does this.
         self.inner.take();

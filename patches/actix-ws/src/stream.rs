@@ -148,7 +148,12 @@ impl Stream for StreamingBody {
             return Poll::Ready(None);
         }
 
-        if !this.closing && this.session_rx.poll_recv_all(cx, &mut this.messages).is_ready() {
+        if !this.closing
+            && this
+                .session_rx
+                .poll_recv_all(cx, &mut this.messages)
+                .is_ready()
+        {
             this.closing = true;
         }
 
