@@ -300,3 +300,106 @@ impl<T> Drop for Receiver<T> {
         wake_all(tx_wakers);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+        task::{Context, Poll, Wake, Waker},
+    };
+
+    use super::channel;
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn bounded_senders_wait_for_a_slot_and_are_woken() {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+
+        let (mut tx, mut rx) = channel::<u32>(2);
+        let mut tx2 = tx.clone();
+
+        assert!(tx.poll_reserve(&mut cx).is_ready());
+        tx.send_reserved(1).unwrap();
+        // A reservation counts against the capacity before anything is sent into it.
+        assert!(tx2.poll_reserve(&mut cx).is_ready());
+        assert!(tx.poll_reserve(&mut cx).is_pending());
+        tx2.send_reserved(2).unwrap();
+        assert!(tx.poll_reserve(&mut cx).is_pending());
+        // Sending without a reservation fails and hands the value back.
+        assert_eq!(tx.send_reserved(3).unwrap_err().0, 3);
+
+        let woken = counter.0.load(Ordering::SeqCst);
+        let mut out = VecDeque::new();
+        assert!(rx.poll_recv_all(&mut cx, &mut out).is_pending());
+        assert_eq!(out, [1, 2]);
+        assert!(
+            counter.0.load(Ordering::SeqCst) > woken,
+            "waiting sender woken"
+        );
+        // The queue's buffer moved to `out`; the channel holds none while waiting.
+        assert_eq!(super::lock(&rx.shared).queue.capacity(), 0);
+
+        assert!(tx.poll_reserve(&mut cx).is_ready());
+        tx.send_reserved(3).unwrap();
+        out.clear();
+        assert!(rx.poll_recv_all(&mut cx, &mut out).is_pending());
+        assert_eq!(out, [3]);
+        assert_eq!(super::lock(&rx.shared).queue.capacity(), 0);
+    }
+
+    #[test]
+    fn receiver_ends_when_every_sender_is_gone() {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+
+        let (mut tx, mut rx) = channel::<u32>(4);
+        let tx2 = tx.clone();
+
+        assert!(tx.poll_reserve(&mut cx).is_ready());
+        tx.send_reserved(1).unwrap();
+        drop(tx);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(1)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Pending);
+        drop(tx2);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn senders_fail_once_the_receiver_is_closed_or_gone() {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = Waker::from(Arc::clone(&counter));
+        let mut cx = Context::from_waker(&waker);
+
+        let (mut tx, mut rx) = channel::<u32>(1);
+        let mut tx2 = tx.clone();
+        assert!(tx.poll_reserve(&mut cx).is_ready());
+        tx.send_reserved(1).unwrap();
+        assert!(tx2.poll_reserve(&mut cx).is_pending());
+
+        rx.close();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "waiting sender woken");
+        assert_eq!(tx2.poll_reserve(&mut cx), Poll::Ready(Err(())));
+        // What was sent before the close can still be received; then the channel has ended.
+        let mut out = VecDeque::new();
+        assert!(rx.poll_recv_all(&mut cx, &mut out).is_ready());
+        assert_eq!(out, [1]);
+
+        let (mut tx, rx) = channel::<u32>(1);
+        drop(rx);
+        assert_eq!(tx.poll_reserve(&mut cx), Poll::Ready(Err(())));
+    }
+}
