@@ -155,8 +155,7 @@ impl Window {
             .last()
             .map_or(0, |(seq, _)| *seq);
         let (bus, execution_id) = (self.bus.clone(), self.execution_id.clone());
-        let answer =
-            tokio::spawn(async move { bus.followers(&execution_id, trim_up_to).await });
+        let answer = tokio::spawn(async move { bus.followers(&execution_id, trim_up_to).await });
         self.asked_at = self.total;
         self.asking = Some(Ask { trim_up_to, answer });
     }

@@ -55,7 +55,10 @@ mod tests {
             let mut seen = Untraced::new(|| {
                 let made_in = tracing::Span::current();
                 futures_util::stream::poll_fn(move |_| {
-                    Poll::Ready(Some((made_in.is_none(), tracing::Span::current().is_none())))
+                    Poll::Ready(Some((
+                        made_in.is_none(),
+                        tracing::Span::current().is_none(),
+                    )))
                 })
             });
             let first = futures_util::FutureExt::now_or_never(seen.next());

@@ -146,7 +146,11 @@ pub trait EventLog: Send + Sync {
 
     /// [`EventLog::publish_event`] of consecutive events (`seq`s without a gap; only the last may be
     /// terminal), as one step where the bus can: one round trip for the chunks a writer has ready.
-    async fn publish_events(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {
+    async fn publish_events(
+        &self,
+        execution_id: &str,
+        events: &[BusEvent],
+    ) -> Result<(), BusError> {
         for event in events {
             self.publish_event(execution_id, event).await?;
         }

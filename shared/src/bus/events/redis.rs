@@ -122,10 +122,15 @@ impl EventLog for RedisBus {
     }
 
     async fn publish_event(&self, execution_id: &str, event: &BusEvent) -> Result<(), BusError> {
-        self.publish(execution_id, std::slice::from_ref(event)).await
+        self.publish(execution_id, std::slice::from_ref(event))
+            .await
     }
 
-    async fn publish_events(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {
+    async fn publish_events(
+        &self,
+        execution_id: &str,
+        events: &[BusEvent],
+    ) -> Result<(), BusError> {
         if events.is_empty() {
             return Ok(());
         }
