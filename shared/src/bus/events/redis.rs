@@ -131,9 +131,6 @@ impl EventLog for RedisBus {
         execution_id: &str,
         events: &[BusEvent],
     ) -> Result<(), BusError> {
-        if events.is_empty() {
-            return Ok(());
-        }
         self.publish(execution_id, events).await
     }
 
@@ -192,7 +189,7 @@ impl EventLog for RedisBus {
 }
 
 impl RedisBus {
-    /// Appends and publishes consecutive events (at least one) in one script call, retrying through a
+    /// Appends and publishes consecutive events (none: nothing to do) in one script call, retrying through a
     /// failover; ends the stream explicitly when the log lost events this writer had written. Frees the
     /// owner's slot after a terminal event.
     async fn publish(&self, execution_id: &str, events: &[BusEvent]) -> Result<(), BusError> {

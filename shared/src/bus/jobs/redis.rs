@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use super::{CancelOutcome, Delivery, Job, JobQueue, QueueStats, TakeOver, Taker};
 use crate::bus::hub::{ChannelKind, Subscription};
 use crate::bus::redis_bus::scripts::lua;
-use crate::bus::{BusError, RedisBus};
+use crate::bus::{BusError, EventLog, RedisBus};
 
 #[async_trait]
 impl JobQueue for RedisBus {
@@ -207,12 +207,8 @@ impl RedisBus {
             .await?;
         let mut freed = 0;
         for execution_id in held {
-            let state: Option<String> = redis::cmd("HGET")
-                .arg(self.keys.execution(&execution_id))
-                .arg("state")
-                .query_async(&mut conn)
-                .await?;
-            if state.as_deref() == Some("done") {
+            let info = self.execution_info(&execution_id).await?;
+            if info.is_some_and(|i| i.state == "done") {
                 self.release_lease(owner, &execution_id).await?;
                 freed += 1;
             }
