@@ -26,8 +26,8 @@ for n in $SIZES; do
   done
   echo "== $n participants"
   "$BIN/loadgen" --pid "${pids[0]},${pids[1]}" fanout --gateways ws://127.0.0.1:18901,ws://127.0.0.1:18902 \
-    --participants "$n" --sessions "$(( (n + 99) / 100 ))" --rate "$RATE" --seconds "$SECONDS_EACH" \
-    | grep -E "latency|delivered"
+    --participants "$n" --sessions "$(( (n + 99) / 100 ))" --rate "$RATE" --seconds "$SECONDS_EACH" ${TIMELINE:+--timeline} \
+    | grep -E "latency|delivered|second"
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
   redis-cli -u "$REDIS" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null
 done

@@ -17,13 +17,22 @@ use tokio_tungstenite::tungstenite::Message;
 type ClientWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub async fn run(
-    gateways: &[String],
-    participants: usize,
-    sessions: usize,
-    rate: u64,
-    seconds: u64,
-) -> anyhow::Result<Value> {
+/// How many clients, in how many sessions, send how much for how long.
+pub struct Shape {
+    pub participants: usize,
+    pub sessions: usize,
+    /// Chat messages per second, all senders together.
+    pub rate: u64,
+    pub seconds: u64,
+}
+
+pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::Result<Value> {
+    let Shape {
+        participants,
+        sessions,
+        rate,
+        seconds,
+    } = shape;
     let run_id = std::process::id();
     let clock = Instant::now();
     println!(
@@ -33,12 +42,15 @@ pub async fn run(
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
+    let seconds_of_run = Arc::new(Mutex::new(Timeline::default()));
     let sockets = connect_all(gateways, participants, sessions, run_id).await?;
     // Let the joins settle before measuring, so the figures are of the steady state, not of the join
     // storm: every earlier participant receives each later participant_joined, and a socket nobody
     // reads meanwhile would make the first chat messages of the run wait behind them.
     let sockets = drain_until_quiet(sockets).await?;
     let per_session = participants.div_ceil(sessions);
+    // What one socket receives: its session's share of the messages (sized so it never grows).
+    let expected_each = usize::try_from(rate * seconds).unwrap_or(0) / sessions.max(1) + 16;
     let per_sender_interval = Duration::from_secs_f64(participants as f64 / rate.max(1) as f64);
     let sent_total = rate * seconds;
     let start = Instant::now();
@@ -47,10 +59,15 @@ pub async fn run(
     for (i, ws) in sockets.into_iter().enumerate() {
         let (mut tx, mut rx) = ws.split();
         let histogram = histogram.clone();
+        let seconds_of_run = seconds_of_run.clone();
         // Receiver: every chat message from someone else counts, until quiet after the deadline.
         let receiver = tokio::spawn(async move {
             let (mut received, mut node_lost) = (0u64, 0u64);
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+            // Raw figures, merged into the histogram after the run: a histogram per socket is
+            // ~140 KB to zero, and made while the first messages came in, 4,000 of them held the
+            // first seconds of every run back (the tail that grew with the number of sockets).
+            let mut local = Vec::with_capacity(expected_each);
+            let mut local_seconds = Timeline::default();
             loop {
                 let wait = if Instant::now() < deadline {
                     deadline - Instant::now() + Duration::from_secs(3)
@@ -86,11 +103,19 @@ pub async fn run(
                     .and_then(|t| t.parse::<u64>().ok())
                 {
                     let now_us = clock.elapsed().as_micros() as u64;
-                    let _ = local.record(now_us.saturating_sub(sent_us).max(1));
+                    let took = now_us.saturating_sub(sent_us).max(1);
+                    local.push(took);
+                    let since_start = Duration::from_micros(sent_us).saturating_sub(start - clock);
+                    local_seconds.record(since_start.as_secs(), took);
                     received += 1;
                 }
             }
-            let _ = histogram.lock().await.add(&local);
+            let mut h = histogram.lock().await;
+            for took in local {
+                let _ = h.record(took);
+            }
+            drop(h);
+            seconds_of_run.lock().await.add(&local_seconds);
             (received, node_lost)
         });
         // Sender: its share of the rate, evenly spaced, offset so senders do not fire together.
@@ -127,6 +152,9 @@ pub async fn run(
     }
     let elapsed = start.elapsed().as_secs_f64() - 3.0;
     let h = histogram.lock().await;
+    if timeline {
+        seconds_of_run.lock().await.print();
+    }
     let counts = Counts {
         sent,
         sent_total,
@@ -168,6 +196,45 @@ async fn connect_all(
         sockets.push(ws);
     }
     Ok(sockets)
+}
+
+/// Per second of the run (by send time): deliveries, those over 5 and 50 ms, the slowest (µs).
+#[derive(Default)]
+struct Timeline(Vec<[u64; 4]>);
+
+impl Timeline {
+    fn record(&mut self, second: u64, took_us: u64) {
+        let i = usize::try_from(second).unwrap_or(usize::MAX).min(3600);
+        if self.0.len() <= i {
+            self.0.resize(i + 1, [0; 4]);
+        }
+        let s = &mut self.0[i];
+        s[0] += 1;
+        s[1] += u64::from(took_us > 5_000);
+        s[2] += u64::from(took_us > 50_000);
+        s[3] = s[3].max(took_us);
+    }
+
+    fn add(&mut self, other: &Timeline) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), [0; 4]);
+        }
+        for (s, o) in self.0.iter_mut().zip(&other.0) {
+            s[0] += o[0];
+            s[1] += o[1];
+            s[2] += o[2];
+            s[3] = s[3].max(o[3]);
+        }
+    }
+
+    fn print(&self) {
+        for (i, [n, over5, over50, max]) in self.0.iter().enumerate() {
+            println!(
+                "second {i}: {n} delivered, {over5} over 5 ms, {over50} over 50 ms, max {:.1} ms",
+                *max as f64 / 1000.0
+            );
+        }
+    }
 }
 
 /// Messages sent and delivered. Each message reaches everyone in its session (the sender too), so

@@ -83,6 +83,10 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Also print, for every second of the run (by send time), how many deliveries took over
+        /// 5 and 50 ms and the slowest: a tail that is a transient shows at the start.
+        #[arg(long)]
+        timeline: bool,
     },
     /// Gateway failover: participants on gateway A, chat from gateway B, kill -9 of A; every participant
     /// resumes on B (`?afterSeq=`) and nothing is lost.
@@ -174,13 +178,20 @@ async fn main() -> anyhow::Result<()> {
             sessions,
             rate,
             seconds,
+            timeline,
         } => {
             let gateways = if gateways.is_empty() {
                 vec![cli.url.clone()]
             } else {
                 gateways
             };
-            fanout::run(&gateways, participants, sessions.max(1), rate, seconds).await?
+            let shape = fanout::Shape {
+                participants,
+                sessions: sessions.max(1),
+                rate,
+                seconds,
+            };
+            fanout::run(&gateways, shape, timeline).await?
         }
         Scenario::Stream(options) => stream::run(&cli.url, options).await?,
     };
