@@ -18,6 +18,7 @@ mod redis;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::hub::Subscription;
@@ -44,21 +45,49 @@ impl BusEvent {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BusEvent, BusError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| BusError::Malformed(e.to_string()))?;
-        let mut parts = text.splitn(3, ' ');
-        let bad = || BusError::Malformed(format!("bad event header: {:.40}", text));
-        let seq = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let terminal = match parts.next() {
-            Some("1") => true,
-            Some("0") => false,
-            _ => return Err(bad()),
-        };
-        let frame = parts.next().ok_or_else(bad)?;
+        let (seq, terminal, at) = Self::header(bytes)?;
+        let frame =
+            std::str::from_utf8(&bytes[at..]).map_err(|e| BusError::Malformed(e.to_string()))?;
         Ok(BusEvent {
             seq,
             terminal,
             frame: ByteString::from(frame),
         })
+    }
+
+    /// [`BusEvent::decode`] of a payload received live, the frame sharing its bytes: every local
+    /// follower of a channel decodes the same payload, and none copies it.
+    pub fn decode_shared(bytes: &Bytes) -> Result<BusEvent, BusError> {
+        let (seq, terminal, at) = Self::header(bytes)?;
+        let frame = ByteString::try_from(bytes.slice(at..))
+            .map_err(|e| BusError::Malformed(e.to_string()))?;
+        Ok(BusEvent {
+            seq,
+            terminal,
+            frame,
+        })
+    }
+
+    /// The `seq`, the terminal flag and where the frame starts.
+    fn header(bytes: &[u8]) -> Result<(u64, bool, usize), BusError> {
+        let bad = || {
+            let start = &bytes[..bytes.len().min(40)];
+            BusError::Malformed(format!(
+                "bad event header: {}",
+                String::from_utf8_lossy(start)
+            ))
+        };
+        let space = bytes.iter().position(|&b| b == b' ').ok_or_else(bad)?;
+        let seq = std::str::from_utf8(&bytes[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
+        let terminal = match bytes.get(space + 1..space + 3) {
+            Some(b"1 ") => true,
+            Some(b"0 ") => false,
+            _ => return Err(bad()),
+        };
+        Ok((seq, terminal, space + 3))
     }
 }
 
@@ -212,5 +241,10 @@ mod tests {
         assert_eq!(BusEvent::decode(e.encode().as_bytes()).unwrap(), e);
         assert!(BusEvent::decode(b"x 1 {}").is_err());
         assert!(BusEvent::decode(b"1 2 {}").is_err());
+        assert!(BusEvent::decode(b"1 0").is_err());
+        let shared = Bytes::from(e.encode());
+        assert_eq!(BusEvent::decode_shared(&shared).unwrap(), e);
+        assert!(BusEvent::decode_shared(&Bytes::from_static(b"7 1 \xff")).is_err());
+        assert!(BusEvent::decode_shared(&Bytes::from_static(b" 1 {}")).is_err());
     }
 }
