@@ -76,12 +76,8 @@ pub struct WsArgs {
     #[arg(long, env = "C2S_CLIENT_TIMEOUT_MS", default_value_t = 30_000)]
     pub client_timeout_ms: u64,
 
-    /// Frames queued for one client before its event streams wait (they catch up from the durable log).
-    #[arg(long, env = "C2S_OUTBOUND_QUEUE", default_value_t = 256)]
-    pub outbound_queue: usize,
-
-    /// Bytes of event frames queued for one client before its event streams wait (one frame larger than
-    /// this still goes, alone).
+    /// Bytes of event frames waiting for one client before its event streams wait (one frame larger
+    /// than this still goes, alone). Beyond them the socket's writer queues at most 32 frames.
     #[arg(long, env = "C2S_OUTBOUND_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub outbound_queue_bytes: usize,
 

@@ -4,7 +4,7 @@
 //!
 //! Invariants: a follower is live while its stream is followed (its position is refreshed at least every
 //! third of the resume grace), and for the resume grace after it stops (its socket closed, its node died,
-//! or it finished); the position reported never goes back; the session loop writes the position after
+//! or it finished); the position reported never goes back; the relay writes the position after
 //! each frame is written, and a reporter task per followed execution sends it every
 //! [`REPORT_INTERVAL`] when it moved or a refresh is due, and at once when a quarter of the execution's
 //! window (`C2S_STREAM_WINDOW_BYTES`) was written since the last report: a fast reader's position must
@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// How often a moved position is reported.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How far a follower's socket has written, shared by the session loop and the reporter.
+/// How far a follower's socket has written, shared by the relay and the reporter.
 struct Progress {
     /// The last seq written.
     position: AtomicU64,
@@ -34,7 +34,7 @@ struct Progress {
     due: Notify,
 }
 
-/// What the session loop needs to tell a follower that a frame of its stream was written.
+/// What the relay needs to tell a follower that a frame of its stream was written.
 pub struct Written {
     progress: Arc<Progress>,
     seq: u64,

@@ -17,9 +17,11 @@
 //! against the log: if a failover replaced it (a promoted replica numbered another event the same), the
 //! stream ends with `error unavailable` instead of silently skipping the new one.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use bytestring::ByteString;
 use c2s_shared::bus::{Bus, BusError, BusEvent, Subscription, Topic, RESYNC};
 use c2s_shared::codes::ErrorCode;
@@ -27,10 +29,11 @@ use c2s_shared::protocol::{ErrorBody, QueryProgress, ServerFrame, ServerMessage}
 
 use super::deliver_span::{self, DeliverSpan};
 use super::follower::Follower;
-use super::outbound::Outbound;
+use super::outbound::{send_within, Outbound, Unwritten};
 use c2s_shared::telemetry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 /// How a session event announcing a shared execution starts: the session's participants then follow it.
@@ -43,8 +46,13 @@ pub struct Forward {
     pub topic: Topic,
     pub subscription: Subscription,
     pub after_seq: u64,
+    /// The socket's instruction channel (what its session task must act on).
     pub out: mpsc::Sender<Outbound>,
-    /// The socket's outbound byte budget: an event frame waits for its size in it before being queued.
+    /// The socket, written to directly (see `outbound.rs`).
+    pub ws: actix_ws::Session,
+    /// A client that takes no frame for this long is a slow consumer.
+    pub send_timeout: Duration,
+    /// The socket's outbound byte budget: an event frame waits for its size in it before being written.
     pub out_bytes: Arc<Semaphore>,
     /// The size of that budget.
     pub budget_total: usize,
@@ -122,7 +130,7 @@ impl Relay {
 
     /// Sends the `error` that ends this socket's following of the stream, naming the stream
     /// (`executionId` / `sessionId`), with the `afterSeq` to resume from when it was cut.
-    async fn send_stream_end(&self, code: ErrorCode, message: String, after_seq: Option<u64>) {
+    async fn send_stream_end(&mut self, code: ErrorCode, message: String, after_seq: Option<u64>) {
         let (execution_id, session_id) = match &self.topic {
             Topic::Execution(id) => (Some(id.clone()), None),
             Topic::Session(id) => (None, Some(id.clone())),
@@ -141,23 +149,32 @@ impl Relay {
     }
 
     /// Sends a message of the gateway's own (not an event of the stream) to the client.
-    async fn send_message(&self, message: ServerMessage) {
+    async fn send_message(&mut self, message: ServerMessage) {
         let frame = ServerFrame::new(message);
-        let _ = self
-            .out
-            .send(Outbound::frame(
-                ByteString::from(frame.to_text()),
-                None,
-                None,
-            ))
-            .await;
+        self.write(ByteString::from(frame.to_text())).await;
+    }
+
+    /// Writes a frame to the socket; false when the socket is gone or the client was reported a slow
+    /// consumer (the stream ends either way).
+    async fn write(&mut self, text: ByteString) -> bool {
+        let limit = self.send_timeout;
+        match send_within(&mut self.fwd.ws, text, limit).await {
+            Ok(()) => true,
+            Err(Unwritten::Closed) => false,
+            Err(Unwritten::TimedOut) => {
+                let _ = self.out.send(Outbound::SlowConsumer).await;
+                false
+            }
+        }
     }
 
     async fn relay(&mut self) -> Result<(), BusError> {
         if let Flow::Done = self.catch_up().await? {
             return Ok(());
         }
-        let mut last_check = tokio::time::Instant::now();
+        let mut last_check = Instant::now();
+        let mut heard = Instant::now();
+        let mut quiet = Box::pin(tokio::time::sleep(self.resync_interval));
         loop {
             // Before its first event an execution is queued: its place is looked up more often.
             let queued = self.after_seq == 0 && matches!(self.topic, Topic::Execution(_));
@@ -166,15 +183,15 @@ impl Relay {
             } else {
                 self.resync_interval
             };
-            let received = tokio::time::timeout(wait, self.subscription.receiver.recv()).await;
+            let received = self.next_live(quiet.as_mut(), &mut heard, wait).await;
             let flow = match received {
-                Err(_) if queued && last_check.elapsed() < self.resync_interval => {
+                None if queued && last_check.elapsed() < self.resync_interval => {
                     self.report_queue_position().await?;
                     Flow::Continue
                 }
                 // Quiet for a while: make sure nothing was lost, and that the execution still exists.
-                Err(_) => {
-                    last_check = tokio::time::Instant::now();
+                None => {
+                    last_check = Instant::now();
                     match self.catch_up().await? {
                         Flow::Continue if queued => {
                             self.report_queue_position().await?;
@@ -185,12 +202,12 @@ impl Relay {
                     }
                 }
                 // The channel was resubscribed: what was published meanwhile is in the log.
-                Ok(Ok(bytes)) if bytes.as_ref() == RESYNC => {
+                Some(Ok(bytes)) if bytes.as_ref() == RESYNC => {
                     self.verify = self.last_sent.is_some();
                     self.catch_up().await?
                 }
-                Ok(Ok(bytes)) => {
-                    let event = BusEvent::decode(&bytes)?;
+                Some(Ok(bytes)) => {
+                    let event = BusEvent::decode_shared(&bytes)?;
                     if self.verify && event.seq == self.after_seq {
                         self.check_same(&event).await
                     } else if event.seq <= self.after_seq {
@@ -201,11 +218,44 @@ impl Relay {
                         self.catch_up().await?
                     }
                 }
-                Ok(Err(RecvError::Lagged(_))) => self.catch_up().await?,
-                Ok(Err(RecvError::Closed)) => return Err(BusError::Closed),
+                Some(Err(RecvError::Lagged(_))) => self.catch_up().await?,
+                Some(Err(RecvError::Closed)) => return Err(BusError::Closed),
             };
             if let Flow::Done = flow {
                 return Ok(());
+            }
+        }
+    }
+
+    /// The next live message, or None once the feed has been quiet for `wait` (since the last
+    /// message, or the last None). The timer is armed once per quiet period, not per message: a
+    /// message only records when it came (`heard`), and a timer that fires early is moved to the end
+    /// of the quiet period.
+    async fn next_live(
+        &mut self,
+        mut quiet: Pin<&mut Sleep>,
+        heard: &mut Instant,
+        wait: Duration,
+    ) -> Option<Result<Bytes, RecvError>> {
+        if quiet.deadline() > *heard + wait {
+            quiet.as_mut().reset(*heard + wait);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                received = self.fwd.subscription.receiver.recv() => {
+                    *heard = Instant::now();
+                    return Some(received);
+                }
+                () = quiet.as_mut() => {
+                    let due = *heard + wait;
+                    if Instant::now() >= due {
+                        *heard = Instant::now();
+                        quiet.as_mut().reset(*heard + wait);
+                        return None;
+                    }
+                    quiet.as_mut().reset(due);
+                }
             }
         }
     }
@@ -378,15 +428,15 @@ impl Relay {
         } else {
             None
         };
-        // Bytes beyond the budget wait here (the stream pauses; the log keeps the rest), so a socket never
-        // holds more than C2S_OUTBOUND_QUEUE_BYTES of queued frames (one larger frame takes all of it).
+        // Bytes beyond the budget wait here (the stream pauses; the log keeps the rest), so a socket's
+        // streams never hold more than C2S_OUTBOUND_QUEUE_BYTES of frames waiting for it (one larger
+        // frame takes all of it).
         let want = u32::try_from(event.frame.len()).unwrap_or(u32::MAX).clamp(
             1,
             u32::try_from(self.budget_total).unwrap_or(u32::MAX).max(1),
         );
-        let budget = match self.out_bytes.clone().acquire_many_owned(want).await {
-            Ok(permit) => Some(permit),
-            Err(_) => return Flow::Done,
+        let Ok(_budget) = self.out_bytes.clone().acquire_many_owned(want).await else {
+            return Flow::Done;
         };
         let written = self
             .follower
@@ -401,12 +451,15 @@ impl Relay {
             }
         }
         let per_event = deliver_span::event_span(&self.topic, event.seq, &event.frame);
-        let frame = Outbound::frame(event.frame, budget, written);
         let delivered = match per_event {
-            Some(span) => self.out.send(frame).instrument(span).await,
-            None => self.out.send(frame).await,
+            Some(span) => self.write(event.frame).instrument(span).await,
+            None => self.write(event.frame).await,
         };
-        if delivered.is_err() || event.terminal {
+        if delivered {
+            // Written: the follower may now report it taken (the execution's window).
+            written.into_iter().for_each(|w| w.record());
+        }
+        if !delivered || event.terminal {
             // The follower's span ends with the stream.
             self.deliver = None;
             return Flow::Done;

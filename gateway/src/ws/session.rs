@@ -1,5 +1,6 @@
 //! One task per socket, read like mini-redis's `Handler::run`: [`Session::serve`] selects over the
-//! client's frames, the events queued for it, its timers and the node's signals, and delegates each to
+//! client's frames, what its streams ask of it (their frames they write themselves: `outbound.rs`),
+//! its timers and the node's signals, and delegates each to
 //! one method that says what to do next ([`Next`]). The client's messages go through [`Session::dispatch`],
 //! whose answer depends only on the endpoint's table ([`Endpoint::accepts`]).
 //!
@@ -23,15 +24,13 @@ use c2s_shared::protocol::{
     ServerMessage,
 };
 use c2s_shared::telemetry;
-use futures_util::FutureExt;
 use governor::DefaultDirectRateLimiter;
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use super::collab::{self, CollabJoin, Member};
 use super::endpoint::Endpoint;
-use super::follower::Written;
-use super::outbound::{Outbound, QueuedFrame};
+use super::outbound::Outbound;
 use super::pacing::{over_rate, rate_limiter};
 use super::queries::{ack, Queries};
 use super::refusal::{close_reason, close_with, Refusal};
@@ -183,7 +182,7 @@ impl Session {
             limits.connection_lease(),
         )
         .await;
-        let streams = Streams::new(state.clone());
+        let streams = Streams::new(state.clone(), ws.clone());
         let mut session = Session {
             rate: rate_limiter(limits.rate_limit_per_sec, limits.rate_limit_burst),
             user_rate: state.user_rates.bucket(&identity.user_id),
@@ -257,6 +256,8 @@ impl Session {
             if *feeds.draining.borrow_and_update() {
                 return Some(close_reason(Close::ServiceRestart));
             }
+            // Relays followed by the last message start now that its reply went out.
+            self.streams.start_waiting();
             let cursor_due = self.member.as_ref().and_then(|m| m.cursor_due);
             let token_due = self.token_expiry();
             let next = tokio::select! {
@@ -265,8 +266,12 @@ impl Session {
                     None => Next::Close(None),
                 },
                 Some(outbound) = self.streams.recv() => match outbound {
-                    Outbound::Frame(queued) => self.write(*queued).await,
                     Outbound::Follow(execution_id) => Box::pin(self.follow_shared(execution_id)).await,
+                    // The client stopped reading: it resumes elsewhere or later with afterSeq.
+                    Outbound::SlowConsumer => {
+                        metrics::counter!(m::SLOW_CONSUMER_CLOSES).increment(1);
+                        Next::close(Close::TryAgainLater)
+                    }
                 },
                 _ = until(cursor_due) => Box::pin(self.flush_cursor()).await,
                 _ = feeds.draining.changed() => Next::Continue,
@@ -428,29 +433,6 @@ impl Session {
         self.member.as_deref_mut().ok_or_else(not_a_member)
     }
 
-    /// An event for this client from one of its streams, written within the send timeout.
-    async fn write(&mut self, queued: QueuedFrame) -> Next {
-        let QueuedFrame {
-            text,
-            budget: _budget,
-            written,
-        } = queued;
-        count_frame_out(&text);
-        match send_within(&mut self.ws, text, self.state.ws.send_timeout()).await {
-            // Written: the follower may now report it taken (the execution's window).
-            Ok(Ok(())) => {
-                written.into_iter().for_each(Written::record);
-                Next::Continue
-            }
-            Ok(Err(_)) => Next::Close(None),
-            // The client stopped reading: it resumes elsewhere or later with afterSeq.
-            Err(_) => {
-                metrics::counter!(m::SLOW_CONSUMER_CLOSES).increment(1);
-                Next::close(Close::TryAgainLater)
-            }
-        }
-    }
-
     /// A shared execution was announced in this socket's session: follow it from its start.
     async fn follow_shared(&mut self, execution_id: Box<str>) -> Next {
         let topic = Topic::Execution(execution_id.into());
@@ -603,21 +585,4 @@ fn collab_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("collab", otel.name = name, trace_id = tracing::field::Empty,);
     telemetry::continue_trace(&span, traceparent);
     span
-}
-
-/// Writes one frame, giving up after `limit`: Err(None) for a closed socket, Err(Some(())) for a
-/// client that took nothing for that long. A write that is accepted at once (the common case) arms
-/// no timer.
-async fn send_within(
-    ws: &mut actix_ws::Session,
-    text: ByteString,
-    limit: Duration,
-) -> Result<Result<(), actix_ws::Closed>, tokio::time::error::Elapsed> {
-    let mut send = std::pin::pin!(ws.text(text));
-    if let Some(done) = send.as_mut().now_or_never() {
-        return Ok(done);
-    }
-    // Boxed: the timer is only needed on this slow path, and inline it would enlarge every idle
-    // socket's future.
-    Box::pin(tokio::time::timeout(limit, send)).await
 }

@@ -169,6 +169,23 @@ async fn big_result_streams_in_order_and_resumes_on_another_node_after_completio
         "each replayed event exactly once, nothing after the terminal event: {}",
         describe(&extra)
     );
+
+    // A resume with an id is acknowledged before the first event it replays: its relay starts only
+    // once the ack went out (the relays write to the socket themselves).
+    let mut c = cluster.query_client(0).await;
+    c.send_json(
+        json!({"type": "resume", "id": "r-1", "payload": {"executionId": exec, "afterSeq": 0}}),
+    )
+    .await;
+    let first = c.recv_json().await;
+    assert_eq!(
+        (ty(&first), first["payload"]["id"].as_str()),
+        ("ack", Some("r-1")),
+        "the ack comes before the replay: {}",
+        short(&first)
+    );
+    let replay = c.collect_execution(&exec).await;
+    assert_same_frames("resume with an id, from the start", &replay, &frames);
 }
 
 both_redis_modes!(
