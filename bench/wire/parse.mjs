@@ -65,6 +65,8 @@ const variants = [
 
 // ---- bytes --------------------------------------------------------------------------------------------------
 const bytes = (s) => Buffer.byteLength(s, "utf8");
+// RFC 6455 header of an unmasked server -> client frame: 2 bytes up to 125 payload bytes, 4 up to 65535.
+const wsHeader = (n) => (n <= 125 ? 2 : n <= 65535 ? 4 : 10);
 console.log(`node ${process.version}, socket.io-parser protocol ${protocol}, ${iters} iters x ${rounds} rounds`);
 console.log("\nbytes per WebSocket text frame payload:");
 console.log(`  captured as sent (content ${JSON.stringify(m.content)}): ${bytes(captured)} B`);
@@ -116,9 +118,9 @@ for (let r = 0; r < rounds; r++) {
 }
 const median = (a) => { const s = [...a].sort((x, y) => x - y); const h = s.length >> 1; return s.length & 1 ? s[h] : (s[h - 1] + s[h]) / 2; };
 const cMed = median(times[2]), cBytes = bytes(variants[2].pool[0]);
-console.log("\nvariant                   bytes  median ns/op  bytes/C  time/C");
+console.log("\nvariant                payload B  +ws hdr  median ns/op  bytes/C  time/C");
 variants.forEach((v, k) => {
   const b = bytes(v.pool[0]), t = median(times[k]);
-  console.log(`  ${v.name.padEnd(22)} ${String(b).padStart(6)} ${t.toFixed(1).padStart(13)} ${(b / cBytes).toFixed(2).padStart(8)} ${(t / cMed).toFixed(2).padStart(7)}`);
+  console.log(`  ${v.name.padEnd(22)} ${String(b).padStart(6)} ${String(b + wsHeader(b)).padStart(8)} ${t.toFixed(1).padStart(13)} ${(b / cBytes).toFixed(2).padStart(8)} ${(t / cMed).toFixed(2).padStart(7)}`);
 });
 console.log(`(sink ${sink})`);
