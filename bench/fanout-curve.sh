@@ -25,9 +25,10 @@ for n in $SIZES; do
     for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   done
   echo "== $n participants"
+  # A failed run still stops its gateways (else the next size finds its ports taken).
   "$BIN/loadgen" --pid "${pids[0]},${pids[1]}" fanout --gateways ws://127.0.0.1:18901,ws://127.0.0.1:18902 \
     --participants "$n" --sessions "$(( (n + 99) / 100 ))" --rate "$RATE" --seconds "$SECONDS_EACH" ${TIMELINE:+--timeline} \
-    | grep -E "latency|delivered|second"
+    | grep -E "latency|delivered|second" || echo "loadgen failed (see above)"
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
   redis-cli -u "$REDIS" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null
 done

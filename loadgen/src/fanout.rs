@@ -53,13 +53,17 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
     let expected_each = usize::try_from(rate * seconds).unwrap_or(0) / sessions.max(1) + 16;
     let per_sender_interval = Duration::from_secs_f64(participants as f64 / rate.max(1) as f64);
     let sent_total = rate * seconds;
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(seconds);
+    let run_for = Duration::from_secs(seconds);
+    // The run starts once every socket's receiver is spawned: with the start taken before, the
+    // first messages reached sockets whose receivers did not exist yet (10,000 sockets: 20,000
+    // spawns) and counted the spawning as latency.
+    let (go, started) = tokio::sync::watch::channel(None::<Instant>);
     let mut tasks = Vec::new();
     for (i, ws) in sockets.into_iter().enumerate() {
         let (mut tx, mut rx) = ws.split();
         let histogram = histogram.clone();
         let seconds_of_run = seconds_of_run.clone();
+        let (began, mut starting) = (started.clone(), started.clone());
         // Receiver: every chat message from someone else counts, until quiet after the deadline.
         let receiver = tokio::spawn(async move {
             let (mut received, mut node_lost) = (0u64, 0u64);
@@ -68,11 +72,18 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
             // first seconds of every run back (the tail that grew with the number of sockets).
             let mut local = Vec::with_capacity(expected_each);
             let mut local_seconds = Timeline::default();
+            let mut start = None;
             loop {
-                let wait = if Instant::now() < deadline {
-                    deadline - Instant::now() + Duration::from_secs(3)
-                } else {
-                    Duration::from_secs(3)
+                // Read once it is set (the watch's lock is shared by every receiver).
+                if start.is_none() {
+                    start = *began.borrow();
+                }
+                let wait = match start.map(|s| s + run_for) {
+                    Some(deadline) if Instant::now() < deadline => {
+                        deadline - Instant::now() + Duration::from_secs(3)
+                    }
+                    Some(_) => Duration::from_secs(3),
+                    None => run_for + Duration::from_secs(60),
                 };
                 let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, rx.next()).await else {
                     break;
@@ -105,6 +116,10 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
                     let now_us = clock.elapsed().as_micros() as u64;
                     let took = now_us.saturating_sub(sent_us).max(1);
                     local.push(took);
+                    if start.is_none() {
+                        start = *began.borrow();
+                    }
+                    let start = start.unwrap_or(clock);
                     let since_start = Duration::from_micros(sent_us).saturating_sub(start - clock);
                     local_seconds.record(since_start.as_secs(), took);
                     received += 1;
@@ -120,6 +135,14 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
         });
         // Sender: its share of the rate, evenly spaced, offset so senders do not fire together.
         let sender = tokio::spawn(async move {
+            let Ok(start) = starting
+                .wait_for(Option::is_some)
+                .await
+                .map(|s| s.unwrap_or(clock))
+            else {
+                return 0;
+            };
+            let deadline = start + run_for;
             let offset = per_sender_interval.mul_f64((i as f64 / participants as f64).fract());
             let mut next = start + offset;
             let mut sent = 0u64;
@@ -143,6 +166,8 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
         });
         tasks.push((sender, receiver));
     }
+    let start = Instant::now();
+    go.send_replace(Some(start));
     let (mut sent, mut received, mut node_lost) = (0u64, 0u64, 0u64);
     for (sender, receiver) in tasks {
         sent += sender.await?;
