@@ -43,11 +43,18 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
         1, 60_000_000, 3,
     )?));
     let seconds_of_run = Arc::new(Mutex::new(Timeline::default()));
-    let sockets = connect_all(gateways, participants, sessions, run_id).await?;
-    // Let the joins settle before measuring, so the figures are of the steady state, not of the join
-    // storm: every earlier participant receives each later participant_joined, and a socket nobody
-    // reads meanwhile would make the first chat messages of the run wait behind them.
-    let sockets = drain_until_quiet(sockets).await?;
+    // Every socket is read from its session_state on until the joins have settled, so the figures
+    // are of the steady state, not of the join storm: every earlier participant receives each later
+    // participant_joined, and a socket nobody reads meets the gateway's idle timeout (its pings go
+    // unanswered: 10,000 sockets took over 30 s to connect) or makes the first chat messages of the
+    // run wait behind them.
+    let (all_connected, connected) = tokio::sync::watch::channel(false);
+    let draining = connect_all(gateways, participants, sessions, run_id, connected).await?;
+    all_connected.send_replace(true);
+    let mut sockets = Vec::with_capacity(draining.len());
+    for task in draining {
+        sockets.push(task.await??);
+    }
     let per_session = participants.div_ceil(sessions);
     // What one socket receives: its session's share of the messages (sized so it never grows).
     let expected_each = usize::try_from(rate * seconds).unwrap_or(0) / sessions.max(1) + 16;
@@ -195,13 +202,15 @@ pub async fn run(gateways: &[String], shape: Shape, timeline: bool) -> anyhow::R
     ))
 }
 
-/// Connects every participant (round robin over the gateways) and waits for its `session_state`.
+/// Connects every participant (round robin over the gateways), waits for its `session_state`, and
+/// hands it to [`drain_until_quiet`].
 async fn connect_all(
     gateways: &[String],
     participants: usize,
     sessions: usize,
     run_id: u32,
-) -> anyhow::Result<Vec<ClientWs>> {
+    connected: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<ClientWs>>>> {
     let mut sockets = Vec::with_capacity(participants);
     for i in 0..participants {
         let base = gateways[i % gateways.len()].trim_end_matches('/');
@@ -218,7 +227,7 @@ async fn connect_all(
                 other => bail!("no session_state from {url}: {other:?}"),
             }
         }
-        sockets.push(ws);
+        sockets.push(tokio::spawn(drain_until_quiet(ws, connected.clone())));
     }
     Ok(sockets)
 }
@@ -315,35 +324,27 @@ fn report(
     })
 }
 
-/// Reads every socket until it has been quiet for [`QUIET`] (at most [`SETTLE_LIMIT`] in all).
-async fn drain_until_quiet<S>(sockets: Vec<S>) -> anyhow::Result<Vec<S>>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + Unpin
-        + Send
-        + 'static,
-{
+/// Reads a socket until every socket is connected and this one has been quiet for [`QUIET`] (at
+/// most [`SETTLE_LIMIT`] after they all are).
+async fn drain_until_quiet(
+    mut ws: ClientWs,
+    mut connected: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<ClientWs> {
     const QUIET: Duration = Duration::from_millis(500);
     const SETTLE_LIMIT: Duration = Duration::from_secs(60);
-    let until = Instant::now() + SETTLE_LIMIT;
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                while Instant::now() < until {
-                    match tokio::time::timeout(QUIET, ws.next()).await {
-                        Ok(Some(Ok(_))) => continue,
-                        Ok(other) => bail!("a socket ended while the joins settled: {other:?}"),
-                        Err(_) => break,
-                    }
-                }
-                anyhow::Ok(ws)
-            })
-        })
-        .collect();
-    let mut settled = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        settled.push(t.await??);
+    let mut until = None;
+    loop {
+        if until.is_none() && *connected.borrow_and_update() {
+            until = Some(Instant::now() + SETTLE_LIMIT);
+        }
+        if until.is_some_and(|u| Instant::now() >= u) {
+            return Ok(ws);
+        }
+        match tokio::time::timeout(QUIET, ws.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => bail!("a socket ended while the joins settled: {other:?}"),
+            Err(_) if until.is_some() => return Ok(ws),
+            Err(_) => continue,
+        }
     }
-    Ok(settled)
 }
