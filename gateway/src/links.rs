@@ -8,6 +8,9 @@
 //! - Nothing is judged while this node's own link is missing or a look failed, nor until this node's
 //!   own link has been up for `stable_after` (the presence TTL) since: after Redis itself comes back,
 //!   every node has that long to subscribe again before anyone counts its links.
+//! - A node is judged by its link only once it was seen linked since this node's own link came up:
+//!   one that has not subscribed again after a Redis failover (a slow resubscription on a loaded box
+//!   took longer than `stable_after`) is left to the heartbeat TTL, as is one that died meanwhile.
 //! - The reaper takes a node only after its links were 0 at every look for `grace`; a rejoin takes over
 //!   only the joiner's own entries on a node whose links are 0 in a look begun after the rejoin asked
 //!   (rejoins arriving together share one look: a storm costs a look per round trip, not per rejoin).
@@ -16,7 +19,7 @@
 //! The heartbeat TTL stays the backstop for what links cannot show (a node cut off from Redis keeps its
 //! TCP connection open until the kernel gives up).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +42,10 @@ struct Looks {
     began: Option<Instant>,
     /// Since when this node's own link has been seen up at every look.
     own_up_since: Option<Instant>,
-    /// Other nodes seen with no link, since the first look that saw it.
+    /// Other nodes seen with no link (after being seen linked), since the first look that saw it.
     linkless_since: HashMap<String, Instant>,
+    /// Nodes seen linked since this node's own link came up.
+    seen_linked: HashSet<String>,
     warned: bool,
 }
 
@@ -113,19 +118,7 @@ impl Links {
                 return looks.forget();
             }
         };
-        let own_up = links.iter().any(|(n, c)| *n == self.node_id && *c > 0);
-        if !own_up {
-            return looks.forget();
-        }
-        looks.own_up_since.get_or_insert(now);
-        let mut linkless = HashMap::new();
-        for (node, count) in links {
-            if count == 0 && node != self.node_id {
-                let since = looks.linkless_since.get(&node).copied().unwrap_or(now);
-                linkless.insert(node, since);
-            }
-        }
-        looks.linkless_since = linkless;
+        looks.record(&self.node_id, links, now);
     }
 }
 
@@ -134,10 +127,85 @@ impl Looks {
     fn forget(&mut self) {
         self.own_up_since = None;
         self.linkless_since.clear();
+        self.seen_linked.clear();
+    }
+
+    /// A good look: every node of the node set with its links now.
+    fn record(&mut self, own: &str, links: Vec<(String, u64)>, now: Instant) {
+        let own_up = links.iter().any(|(n, c)| n == own && *c > 0);
+        if !own_up {
+            return self.forget();
+        }
+        self.own_up_since.get_or_insert(now);
+        // Nodes gone from the node set are forgotten.
+        self.seen_linked
+            .retain(|seen| links.iter().any(|(n, _)| n == seen));
+        let mut linkless = HashMap::new();
+        for (node, count) in links {
+            if count > 0 {
+                self.seen_linked.insert(node);
+            } else if node != own && self.seen_linked.contains(&node) {
+                let since = self.linkless_since.get(&node).copied().unwrap_or(now);
+                linkless.insert(node, since);
+            }
+        }
+        self.linkless_since = linkless;
     }
 
     fn judging(&self, now: Instant, stable_after: Duration) -> bool {
         self.own_up_since
             .is_some_and(|since| now.duration_since(since) >= stable_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn look(of: &[(&str, u64)]) -> Vec<(String, u64)> {
+        of.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+    }
+
+    #[test]
+    fn a_node_is_judged_by_its_link_only_once_seen_linked_since_ours_came_up() {
+        let t = Instant::now();
+        let mut looks = Looks::default();
+        looks.record("a", look(&[("a", 1), ("b", 1)]), t);
+        looks.record("a", look(&[("a", 1), ("b", 0)]), t + Duration::from_secs(1));
+        assert_eq!(looks.linkless_since.keys().collect::<Vec<_>>(), ["b"]);
+        // A Redis failover: our own link gone (or the look failed), everything forgotten.
+        looks.record("a", look(&[("a", 0), ("b", 0)]), t + Duration::from_secs(2));
+        assert!(looks.own_up_since.is_none() && looks.linkless_since.is_empty());
+        // Ours is back first: b, not yet subscribed again, is not linkless but unknown.
+        looks.record("a", look(&[("a", 1), ("b", 0)]), t + Duration::from_secs(3));
+        looks.record("a", look(&[("a", 1), ("b", 0)]), t + Duration::from_secs(9));
+        assert!(looks.judging(t + Duration::from_secs(9), Duration::from_secs(2)));
+        assert!(
+            looks.linkless_since.is_empty(),
+            "b was not seen linked since"
+        );
+        // b subscribes again, then dies: judged from the first look that sees it gone.
+        looks.record(
+            "a",
+            look(&[("a", 1), ("b", 1)]),
+            t + Duration::from_secs(10),
+        );
+        looks.record(
+            "a",
+            look(&[("a", 1), ("b", 0)]),
+            t + Duration::from_secs(11),
+        );
+        looks.record(
+            "a",
+            look(&[("a", 1), ("b", 0)]),
+            t + Duration::from_secs(12),
+        );
+        assert_eq!(
+            looks.linkless_since.get("b"),
+            Some(&(t + Duration::from_secs(11)))
+        );
+        // A node that leaves the node set is forgotten.
+        looks.record("a", look(&[("a", 1)]), t + Duration::from_secs(13));
+        assert!(looks.seen_linked.iter().all(|n| n == "a"));
     }
 }
