@@ -38,8 +38,7 @@ pub struct Streams {
 
 /// A followed topic's relay: subscribed and waiting for the session's reply to go out, or running.
 enum Relaying {
-    /// (None only for the moment it is being started.)
-    Waiting(Option<Box<Forward>>),
+    Waiting(Box<Forward>),
     Running(JoinHandle<()>),
 }
 
@@ -132,14 +131,17 @@ impl Streams {
         if !std::mem::take(&mut self.waiting) {
             return;
         }
-        for relay in self.followed.values_mut() {
-            let Relaying::Waiting(forward) = relay else {
-                continue;
-            };
-            let Some(forward) = forward.take() else {
-                continue;
-            };
-            *relay = Relaying::Running(actix_web::rt::spawn((*forward).run()));
+        let waiting: Vec<Topic> = self
+            .followed
+            .iter()
+            .filter(|(_, relay)| matches!(relay, Relaying::Waiting(_)))
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in waiting {
+            if let Some(Relaying::Waiting(forward)) = self.followed.remove(&topic) {
+                let task = actix_web::rt::spawn(forward.run());
+                self.followed.insert(topic, Relaying::Running(task));
+            }
         }
     }
 
@@ -180,7 +182,7 @@ impl Streams {
             queue_position_interval: limits.queue_position_interval(),
         };
         self.followed
-            .insert(topic, Relaying::Waiting(Some(Box::new(forward))));
+            .insert(topic, Relaying::Waiting(Box::new(forward)));
         self.waiting = true;
         Ok(())
     }
