@@ -12,16 +12,11 @@ REDIS="${REDIS_URL:-redis://127.0.0.1:6379}"
 [ "$SECS" -ge 8 ] || { echo "seconds: at least 8" >&2; exit 2; }
 prefix="cpu-$$-$N"
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# shellcheck source=fanout-lib.sh
+. bench/fanout-lib.sh
 pids=()
-for port in 18901 18902; do
-  "$BIN/gateway" --bind "127.0.0.1:$port" --node-id "$prefix-$port" --redis-url "$REDIS" \
-    --key-prefix "$prefix" --insecure-no-auth --max-connections 60000 >"/tmp/$prefix-$port.log" 2>&1 &
-  pids+=($!)
-done
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-for port in 18901 18902; do
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-done
+start_gateway_pair "$prefix"
 redis_pid=$(pgrep -f "redis-server.*:${REDIS##*:}" | head -1)
 "$BIN/loadgen" fanout --gateways ws://127.0.0.1:18901,ws://127.0.0.1:18902 --participants "$N" \
   --sessions "$(( (N + 99) / 100 ))" --rate "$RATE" --seconds "$SECS" >"/tmp/$prefix.out" 2>&1 &
@@ -42,4 +37,4 @@ grep -E "latency|delivered" "/tmp/$prefix.out"
 hz=$(getconf CLK_TCK)
 cpu() { echo "scale=2; ($2 - $1) / $hz" | bc; }
 echo "CPU seconds over $(echo "$t1 - $t0" | bc | cut -c1-5) s of sending: gateway 1 $(cpu "${before[0]}" "${after[0]}"), gateway 2 $(cpu "${before[1]}" "${after[1]}"), loadgen $(cpu "${before[2]}" "${after[2]}"), redis $(cpu "${before[3]}" "${after[3]}")"
-redis-cli -u "$REDIS" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null
+drop_prefix "$prefix"

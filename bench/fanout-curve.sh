@@ -12,23 +12,17 @@ SECONDS_EACH="${SECONDS_EACH:-15}"
 REDIS="${REDIS_URL:-redis://127.0.0.1:6379}"
 [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] \
   || cargo build --release --locked -p c2s-gateway -p c2s-worker -p c2s-loadgen >&2
+# shellcheck source=fanout-lib.sh
+. bench/fanout-lib.sh
 
 for n in $SIZES; do
   prefix="curve-$$-$n"
-  pids=()
-  for port in 18901 18902; do
-    "$BIN/gateway" --bind "127.0.0.1:$port" --node-id "$prefix-$port" --redis-url "$REDIS" \
-      --key-prefix "$prefix" --insecure-no-auth --max-connections 60000 >"/tmp/$prefix-$port.log" 2>&1 &
-    pids+=($!)
-  done
-  for port in 18901 18902; do
-    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
-  done
+  start_gateway_pair "$prefix"
   echo "== $n participants"
   # A failed run still stops its gateways (else the next size finds its ports taken).
   "$BIN/loadgen" --pid "${pids[0]},${pids[1]}" fanout --gateways ws://127.0.0.1:18901,ws://127.0.0.1:18902 \
     --participants "$n" --sessions "$(( (n + 99) / 100 ))" --rate "$RATE" --seconds "$SECONDS_EACH" ${TIMELINE:+--timeline} \
     | grep -E "latency|delivered|second" || echo "loadgen failed (see above)"
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
-  redis-cli -u "$REDIS" --scan --pattern "$prefix*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null
+  drop_prefix "$prefix"
 done
