@@ -172,11 +172,15 @@ async fn sigterm_drains_with_1012_and_the_client_resumes_on_another_node() {
 // 2. A worker killed mid-query
 // ---------------------------------------------------------------------------------------------------------
 
-/// 200 rows of ~2 KB, each after 50 ms: about 10 s, and (the rows being wide) PostgreSQL flushes them as
-/// they come, so chunks of 10 arrive every half second.
+/// Rows of ~2 KB: the first 256 at once, then 200 more, each after 50 ms (about 10 s). PostgreSQL
+/// computes a whole FETCH before it sends it, and the worker's first FETCH asks 256 rows, so with every
+/// row slow the whole result came in one burst at the end and the kill raced with its terminal event;
+/// now the first chunks come at once and the query is still running for seconds after them.
 const KILL_QUERY: &str =
-    "SELECT g AS n, repeat(md5(g::text), 64) AS pad FROM generate_series(1,200) g \
-     WHERE pg_sleep(0.05) IS NOT NULL";
+    "SELECT g AS n, repeat(md5(g::text), 64) AS pad FROM generate_series(1,456) g \
+     WHERE g <= 256 OR pg_sleep(0.05) IS NOT NULL";
+/// The rows of [`KILL_QUERY`].
+const KILL_ROWS: u64 = 456;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_query_ends_with_worker_lost() {
@@ -240,7 +244,10 @@ async fn worker_killed_mid_query_ends_with_worker_lost() {
     );
     // The rows the dead worker published arrived, in order, once; nothing was re-run.
     let rows = s.rows.len() as u64;
-    assert!((30..200).contains(&rows), "rows before the kill: {rows}");
+    assert!(
+        (30..KILL_ROWS).contains(&rows),
+        "rows before the kill: {rows}"
+    );
     assert_rows_are_1_to(&s.rows, rows, "rows of the lost execution");
     eprintln!(
         "worker kill: query_error worker_lost {lost_after:?} after SIGKILL of {worker_id}, at seq {} after {rows} rows",
